@@ -1,0 +1,165 @@
+// macko.h: the MACKO format's constants, the argument checks every op shares,
+// and the dtype/index dispatch. One source of truth for each: the CPU
+// (csrc/cpu) and CUDA (csrc/cuda) implementations include this header and
+// nothing else of each other.
+//
+// The format (see FORMAT.md in the project's docs): a row-major stream of
+// stored entries with 4-bit column gaps. Entry k's value is values[k], its
+// gap ("delta") is the low nibble of deltas[k / 2] for even k and the high
+// nibble for odd k; row r owns entries [row_indices[r], row_indices[r+1]).
+// A gap of 15 zeros forces a stored zero ("padding"), so every gap fits in a
+// nibble. The stream is padded with zero entries to a multiple of
+// kGroupEntries, the unit that kernels load (16 bytes of fp16 values and
+// 4 bytes of deltas at the same ordinal).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <cstdint>
+#include <string>
+
+namespace macko {
+
+// Entries per aligned load group; the stream length is a multiple of it.
+constexpr int64_t kGroupEntries = 8;
+// Largest gap a nibble holds; a run of this many zeros forces a padding entry.
+constexpr int kMaxDelta = 15;
+// Row pointers switch to int64 when the stream has more entries than this.
+constexpr int64_t kMaxInt32Entries = 2147483647;
+
+// The format's test for "nonzero": the IEEE comparison x != 0, so +0 and -0
+// are zero and NaN and +-Inf are stored like any other value.
+template <typename scalar_t>
+C10_HOST_DEVICE inline bool is_nonzero(scalar_t v) {
+  return static_cast<float>(v) != 0.0f;
+}
+
+// Stream length for n stored entries: rounded up to whole load groups.
+inline int64_t padded_entries(int64_t n) {
+  return (n + kGroupEntries - 1) / kGroupEntries * kGroupEntries;
+}
+
+// Entry k's gap: low nibble of byte k / 2 for even k, high nibble for odd k.
+C10_HOST_DEVICE inline int delta_at(const uint8_t* deltas, int64_t k) {
+  return (deltas[k >> 1] >> ((k & 1) * 4)) & 0xF;
+}
+
+// Row r's entries [begin, end), clamped to the stream [0, n_entries) so that
+// corrupted row pointers can never send a kernel outside the arrays.
+template <typename index_t>
+C10_HOST_DEVICE inline void row_range(const index_t* row_indices, int64_t r,
+                                      int64_t n_entries, int64_t& begin,
+                                      int64_t& end) {
+  const int64_t b = static_cast<int64_t>(row_indices[r]);
+  const int64_t e = static_cast<int64_t>(row_indices[r + 1]);
+  begin = b < 0 ? 0 : (b > n_entries ? n_entries : b);
+  end = e < begin ? begin : (e > n_entries ? n_entries : e);
+}
+
+// ---------------------------------------------------------------------------
+// Checks. Every op calls these before touching data, on any device, so a bad
+// argument becomes a Python ValueError/TypeError with a message naming it.
+// They check what can be checked without reading device memory: dtypes,
+// shapes, devices and lengths. The contents of row_indices are not read here
+// (that would synchronise with the GPU on every call); the kernels clamp
+// every row range to the stream instead, so corrupted contents can give a
+// wrong product but never an out-of-bounds access. macko_spmv.MackoMatrix
+// validates the contents once, when it is built from raw arrays.
+// ---------------------------------------------------------------------------
+
+inline bool is_value_dtype(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat;
+}
+
+inline void check_dense_matrix(const at::Tensor& dense, const char* name) {
+  TORCH_CHECK_TYPE(is_value_dtype(dense.scalar_type()), name,
+                   " must be float16, bfloat16 or float32, got ",
+                   dense.scalar_type());
+  TORCH_CHECK_VALUE(dense.dim() == 2, name,
+                    " must be a 2-D matrix [rows, cols], got shape ",
+                    dense.sizes());
+}
+
+// The compressed arrays (values, deltas, row_indices) and the dense shape.
+inline void check_compressed(const at::Tensor& values, const at::Tensor& deltas,
+                             const at::Tensor& row_indices, int64_t rows,
+                             int64_t cols) {
+  TORCH_CHECK_VALUE(rows >= 0 && cols >= 0,
+                    "rows and cols must be non-negative, got rows=", rows,
+                    ", cols=", cols);
+  TORCH_CHECK_TYPE(is_value_dtype(values.scalar_type()),
+                   "values must be float16, bfloat16 or float32, got ",
+                   values.scalar_type());
+  TORCH_CHECK_TYPE(deltas.scalar_type() == at::kByte,
+                   "deltas must be uint8, got ", deltas.scalar_type());
+  TORCH_CHECK_TYPE(row_indices.scalar_type() == at::kInt ||
+                       row_indices.scalar_type() == at::kLong,
+                   "row_indices must be int32 or int64, got ",
+                   row_indices.scalar_type());
+  TORCH_CHECK_VALUE(values.dim() == 1 && deltas.dim() == 1 &&
+                        row_indices.dim() == 1,
+                    "values, deltas and row_indices must be 1-D, got shapes ",
+                    values.sizes(), ", ", deltas.sizes(), ", ",
+                    row_indices.sizes());
+  TORCH_CHECK_VALUE(values.numel() % kGroupEntries == 0,
+                    "values must hold a multiple of ", kGroupEntries,
+                    " entries (the stream is padded to whole groups), got ",
+                    values.numel());
+  TORCH_CHECK_VALUE(deltas.numel() * 2 == values.numel(),
+                    "deltas must hold one byte per two entries: expected ",
+                    values.numel() / 2, " bytes for ", values.numel(),
+                    " values, got ", deltas.numel());
+  TORCH_CHECK_VALUE(row_indices.numel() == rows + 1,
+                    "row_indices must have rows + 1 = ", rows + 1,
+                    " elements, got ", row_indices.numel());
+  TORCH_CHECK_VALUE(
+      values.device() == deltas.device() &&
+          values.device() == row_indices.device(),
+      "values, deltas and row_indices must be on one device, got ",
+      values.device(), ", ", deltas.device(), ", ", row_indices.device());
+  TORCH_CHECK_VALUE(values.is_contiguous() && deltas.is_contiguous() &&
+                        row_indices.is_contiguous(),
+                    "values, deltas and row_indices must be contiguous");
+}
+
+// x: [cols] or [batch, cols], the matrix's dtype and device.
+inline void check_multiply_input(const at::Tensor& values, int64_t cols,
+                                 const at::Tensor& x) {
+  TORCH_CHECK_TYPE(x.scalar_type() == values.scalar_type(), "x must have the ",
+                   "matrix's dtype ", values.scalar_type(), ", got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.device() == values.device(), "x must be on the matrix's ",
+                    "device ", values.device(), ", got ", x.device());
+  TORCH_CHECK_VALUE(x.dim() == 1 || x.dim() == 2,
+                    "x must be [cols] or [batch, cols], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(-1) == cols, "x's last dimension must equal the ",
+                    "matrix's cols = ", cols, ", got shape ", x.sizes());
+}
+
+// ---------------------------------------------------------------------------
+// Dispatch: the value dtypes and the two row-pointer widths, in one place.
+// ---------------------------------------------------------------------------
+
+#define MACKO_DISPATCH_VALUE_TYPES(TYPE, NAME, ...)                      \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                         \
+                     AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__) \
+                         AT_DISPATCH_CASE(at::ScalarType::BFloat16,      \
+                                          __VA_ARGS__)                   \
+                             AT_DISPATCH_CASE(at::ScalarType::Float,     \
+                                              __VA_ARGS__))
+
+// Runs the lambda with `index_t` bound to the row pointers' element type.
+#define MACKO_DISPATCH_INDEX_TYPES(TYPE, NAME, ...)                         \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                            \
+                     AT_PRIVATE_CASE_TYPE_USING_HINT(at::ScalarType::Int,   \
+                                                     index_t, __VA_ARGS__)  \
+                         AT_PRIVATE_CASE_TYPE_USING_HINT(                   \
+                             at::ScalarType::Long, index_t, __VA_ARGS__))
+
+// Row pointers' dtype for a stream of n stored entries.
+inline at::ScalarType row_index_dtype(int64_t n) {
+  return n > kMaxInt32Entries ? at::kLong : at::kInt;
+}
+
+}  // namespace macko

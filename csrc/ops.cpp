@@ -1,0 +1,92 @@
+// The op schemas, registered once. Each backend adds its implementations
+// with TORCH_LIBRARY_IMPL beside its kernels (csrc/cpu, csrc/cuda); the
+// Python layer (macko_spmv/ops.py) adds the shape functions for tracing.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "macko.h"
+
+// The module only has to exist so that `import macko_spmv._C` loads this
+// library and runs its registrations. Built against the limited Python API,
+// so one binary serves every Python version from 3.10 on.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "MACKO sparse matrix ops (torch.ops.macko_spmv)",
+      -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace macko {
+
+// Compiled-in facts about this build, for `python -m macko_spmv info`.
+std::string build_info() {
+  std::string info = "torch=" MACKO_TORCH_VERSION;
+#ifdef MACKO_WITH_CUDA
+  info += ";cuda=" MACKO_CUDA_VERSION ";arch=" MACKO_CUDA_ARCHS;
+#else
+  info += ";cuda=none";
+#endif
+  return info;
+}
+
+// Full consistency check of a compressed matrix: check_compressed's
+// argument checks, then the contents, which the kernels do not read on
+// every call. Written with tensor ops, so it runs where the arrays are
+// (one synchronisation on a GPU). Raises ValueError naming the problem.
+void validate(const at::Tensor& values, const at::Tensor& deltas,
+              const at::Tensor& row_indices, int64_t rows, int64_t cols) {
+  check_compressed(values, deltas, row_indices, rows, cols);
+  const at::Tensor starts = row_indices.to(at::kLong);
+  const int64_t n_padded = values.numel();
+  TORCH_CHECK_VALUE(starts[0].item<int64_t>() == 0, "row_indices[0] must be 0, got ",
+                    starts[0].item<int64_t>());
+  if (rows > 0) {
+    const at::Tensor lengths = starts.narrow(0, 1, rows) - starts.narrow(0, 0, rows);
+    const at::Tensor bad = (lengths < 0).nonzero();
+    TORCH_CHECK_VALUE(bad.numel() == 0, "row_indices must be non-decreasing; it decreases after row ",
+                      bad.numel() ? bad[0][0].item<int64_t>() : 0);
+  }
+  const int64_t n = starts[rows].item<int64_t>();
+  TORCH_CHECK_VALUE(padded_entries(n) == n_padded, "row_indices[rows] = ", n,
+                    " stored entries need a stream of ", padded_entries(n),
+                    " values (a multiple of ", kGroupEntries, "), got ", n_padded);
+  if (n_padded == 0) return;
+  const at::Tensor nibbles =
+      at::stack({deltas.bitwise_and(0xF), deltas.bitwise_right_shift(4)}, 1).reshape({n_padded});
+  TORCH_CHECK_VALUE(values.narrow(0, n, n_padded - n).eq(0).all().item<bool>() &&
+                        nibbles.narrow(0, n, n_padded - n).eq(0).all().item<bool>(),
+                    "the ", n_padded - n, " padding entries after the last row must have value 0 ",
+                    "and delta 0");
+  if (rows == 0) return;
+  // A row spans (sum over its entries of delta + 1) columns; it must fit.
+  const at::Tensor column_steps = (nibbles.narrow(0, 0, n).to(at::kLong) + 1).cumsum(0);
+  const at::Tensor ends = at::cat({at::zeros({1}, column_steps.options()), column_steps});
+  const at::Tensor spans = ends.index_select(0, starts.narrow(0, 1, rows)) -
+                           ends.index_select(0, starts.narrow(0, 0, rows));
+  const at::Tensor overflow = (spans > cols).nonzero();
+  TORCH_CHECK_VALUE(overflow.numel() == 0, "row ",
+                    overflow.numel() ? overflow[0][0].item<int64_t>() : 0,
+                    "'s deltas run past the last column (cols = ", cols, ")");
+}
+
+TORCH_LIBRARY(macko_spmv, m) {
+  m.def("compress(Tensor dense) -> (Tensor values, Tensor deltas, Tensor row_indices)");
+  m.def(
+      "decompress(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
+      "int cols) -> Tensor");
+  m.def(
+      "multiply(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
+      "int cols, Tensor x) -> Tensor");
+  m.def(
+      "validate(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
+      "int cols) -> ()");
+  m.def("build_info() -> str", &build_info);
+}
+
+TORCH_LIBRARY_IMPL(macko_spmv, CompositeExplicitAutograd, m) {
+  m.impl("validate", &validate);
+}
+
+}  // namespace macko

@@ -1,0 +1,16 @@
+"""macko-spmv: pruned weight matrices in the MACKO format, multiplied fast.
+
+    import macko_spmv
+    A = macko_spmv.compress(weight)        # [rows, cols] fp16/bf16/fp32, CPU or CUDA
+    y = macko_spmv.multiply(A, x)          # x [..., cols] -> y [..., rows]
+    W = macko_spmv.decompress(A)           # back to dense
+
+The ops are also torch.ops.macko_spmv.{compress, decompress, multiply}.
+"""
+
+from . import ops
+from .matrix import MackoMatrix, compress, decompress, multiply
+
+__version__ = "0.1.0"
+
+__all__ = ["MackoMatrix", "compress", "decompress", "multiply", "ops", "__version__"]
