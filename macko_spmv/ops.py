@@ -37,9 +37,11 @@ def _decompress_fake(values, deltas, row_indices, rows, cols):
 
 @torch.library.register_fake("macko_spmv::multiply")
 def _multiply_fake(values, deltas, row_indices, rows, cols, x):
-    torch._check(x.dim() in (1, 2), lambda: f"x must be [cols] or [batch, cols], got {x.dim()}-D")
-    torch._check(x.shape[-1] == cols, lambda: f"x's last dimension must equal cols = {cols}")
-    torch._check(x.dtype == values.dtype, lambda: f"x must have the matrix's dtype {values.dtype}")
+    # The same checks as the kernels' (csrc/macko.h), for traced calls.
+    torch._check_value(x.dim() in (1, 2), lambda: f"x must be [cols] or [batch, cols], got {x.dim()}-D")
+    torch._check_value(x.shape[-1] == cols, lambda: f"x's last dimension must equal the matrix's cols = {cols}")
+    torch._check_type(x.dtype == values.dtype, lambda: f"x must have the matrix's dtype {values.dtype}")
+    torch._check_value(x.device == values.device, lambda: f"x must be on the matrix's device {values.device}")
     if x.dim() == 1:
         return values.new_empty((rows,))
     return values.new_empty((x.shape[0], rows))

@@ -1,0 +1,40 @@
+"""`python -m macko_spmv info`: what this build of macko-spmv was made for."""
+
+import torch
+
+from . import __version__, ops
+
+
+def compiled_archs(arch_list):
+    """{"9.0", ...} and whether PTX is embedded, from TORCH_CUDA_ARCH_LIST syntax."""
+    archs, ptx = set(), False
+    for item in arch_list.replace(" ", ";").split(";"):
+        if item:
+            ptx |= item.endswith("+PTX")
+            archs.add(item.replace("+PTX", ""))
+    return archs, ptx
+
+
+def main(argv=None):
+    info = ops.build_info()
+    print(f"macko-spmv {__version__}")
+    print(f"built with torch {info['torch']}, CUDA {info['cuda']}")
+    print(f"running with torch {torch.__version__}, CUDA {torch.version.cuda}")
+    if info["cuda"] == "none":
+        print("GPU kernels: not built (CPU-only extension)")
+        return 0
+    archs, ptx = compiled_archs(info["arch"])
+    print(f"GPU architectures: {info['arch']}")
+    if not torch.cuda.is_available():
+        print("GPU: none visible")
+        return 0
+    for index in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(index)
+        cc = f"{major}.{minor}"
+        built = [tuple(int(p) for p in a.split(".")[:2]) for a in archs]
+        # Machine code runs on its major version's later minors; PTX is
+        # compiled by the driver for any newer GPU.
+        covered = any(b[0] == major and b[1] <= minor for b in built) or (ptx and (major, minor) >= max(built))
+        status = "covered" if covered else "NOT covered: rebuild with TORCH_CUDA_ARCH_LIST including " + cc
+        print(f"GPU {index}: {torch.cuda.get_device_name(index)} (compute capability {cc}): {status}")
+    return 0

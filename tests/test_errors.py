@@ -1,0 +1,116 @@
+"""Bad input gets a clear Python exception, and corrupted arrays that bypass
+validation can never make a kernel read or write out of bounds."""
+
+import pytest
+import torch
+
+import macko_spmv
+from conftest import random_pruned
+
+
+@pytest.fixture
+def A(device, gen):
+    return macko_spmv.compress(random_pruned(12, 50, 0.3, torch.float16, gen).to(device))
+
+
+def test_compress_rejects(device):
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        macko_spmv.compress([[1.0, 2.0]])
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32.*Double"):
+        macko_spmv.compress(torch.ones(2, 2, dtype=torch.float64, device=device))
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32.*Int"):
+        macko_spmv.compress(torch.ones(2, 2, dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match=r"2-D matrix.*\[3\]"):
+        macko_spmv.compress(torch.ones(3, device=device))
+    with pytest.raises(ValueError, match="2-D matrix"):
+        macko_spmv.compress(torch.ones(2, 3, 4, device=device))
+
+
+def test_multiply_rejects_bad_x(A, device):
+    with pytest.raises(ValueError, match="last dimension must equal the matrix's cols = 50"):
+        macko_spmv.multiply(A, torch.ones(49, dtype=torch.float16, device=device))
+    with pytest.raises(TypeError, match="x must have the matrix's dtype Half"):
+        macko_spmv.multiply(A, torch.ones(50, dtype=torch.float32, device=device))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        macko_spmv.multiply(A, [1.0] * 50)
+    with pytest.raises(ValueError, match="scalar"):
+        macko_spmv.multiply(A, torch.tensor(1.0, dtype=torch.float16, device=device))
+    other = "cpu" if device != "cpu" else ("cuda" if torch.cuda.is_available() else "meta")
+    with pytest.raises((ValueError, RuntimeError), match="device"):
+        macko_spmv.multiply(A, torch.ones(50, dtype=torch.float16, device=other))
+
+
+def test_multiply_rejects_non_matrix():
+    with pytest.raises(TypeError, match="MackoMatrix or a .*tuple"):
+        macko_spmv.multiply(torch.ones(3, 3), torch.ones(3))
+    with pytest.raises(TypeError, match="MackoMatrix or a .*tuple"):
+        macko_spmv.decompress((1, 2, 3))
+
+
+def corrupt(A, **changes):
+    fields = dict(zip(["values", "deltas", "row_indices", "rows", "cols"], A))
+    fields.update(changes)
+    return fields
+
+
+CORRUPTIONS = {
+    "values not 1-D": (lambda A: corrupt(A, values=A.values.reshape(-1, 8)), ValueError, "1-D"),
+    "values float64": (lambda A: corrupt(A, values=A.values.double()), TypeError, "values must be float16"),
+    "deltas int8": (lambda A: corrupt(A, deltas=A.deltas.to(torch.int8)), TypeError, "deltas must be uint8"),
+    "row_indices float": (lambda A: corrupt(A, row_indices=A.row_indices.float()), TypeError, "int32 or int64"),
+    "deltas too short": (lambda A: corrupt(A, deltas=A.deltas[:-4]), ValueError, "one byte per two entries"),
+    "values not a multiple of 8": (lambda A: corrupt(A, values=A.values[:-1], deltas=A.deltas[:-1]), ValueError, "multiple of 8"),
+    "rows too many": (lambda A: corrupt(A, rows=A.rows + 1), ValueError, "rows \\+ 1 = 14"),
+    "rows negative": (lambda A: corrupt(A, rows=-1), ValueError, "non-negative"),
+    "cols too small": (lambda A: corrupt(A, cols=3), ValueError, "run past the last column"),
+    "row_indices[0] != 0": (lambda A: corrupt(A, row_indices=A.row_indices + 1), ValueError, "row_indices\\[0\\] must be 0"),
+    "decreasing": (lambda A: corrupt(A, row_indices=A.row_indices.flip(0).contiguous() - A.row_indices[-1]), ValueError, "non-decreasing"),
+    "end past stream": (lambda A: corrupt(A, row_indices=torch.cat([A.row_indices[:-1], A.row_indices[-1:] + 64])), ValueError, "need a stream of"),
+    "nonzero stream padding": (lambda A: corrupt(A, values=torch.cat([A.values, torch.ones(8, dtype=A.dtype, device=A.device)]), deltas=torch.cat([A.deltas, torch.zeros(4, dtype=torch.uint8, device=A.device)])), ValueError, "need a stream of"),
+    "mixed devices": (lambda A: corrupt(A, row_indices=A.row_indices.to("meta")), ValueError, "one device"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS), ids=list(CORRUPTIONS))
+def test_corrupted_matrix_is_rejected(A, case):
+    make, error, message = CORRUPTIONS[case]
+    fields = make(A)
+    with pytest.raises(error, match=message):
+        macko_spmv.MackoMatrix(**fields)
+    with pytest.raises(error, match=message):
+        macko_spmv.multiply(tuple(fields.values()), torch.ones(fields["cols"], dtype=A.dtype, device=A.device))
+
+
+def test_padding_tail_must_be_zero(A):
+    n = int(A.row_indices[-1])
+    if n == A.values.numel():
+        pytest.skip("no stream padding in this draw")
+    values = A.values.clone()
+    values[-1] = 1
+    with pytest.raises(ValueError, match="padding entries after the last row"):
+        macko_spmv.MackoMatrix(values, A.deltas, A.row_indices, A.rows, A.cols)
+
+
+def test_raw_ops_with_corrupted_contents_stay_in_bounds(device, gen):
+    """The raw ops do not read row_indices on the host; the kernels clamp every
+    row to the stream and every column to the matrix. (Run under
+    compute-sanitizer by scripts/gpu_check.sh.)"""
+    A = macko_spmv.compress(random_pruned(40, 300, 0.2, torch.float16, gen).to(device))
+    n_padded = A.values.numel()
+    bad_pointers = [
+        torch.full((41,), -5, dtype=torch.int32),
+        torch.full((41,), n_padded + 1000, dtype=torch.int32),
+        torch.arange(41, dtype=torch.int32).flip(0) * 50,
+        torch.randint(-100, n_padded + 100, (41,), generator=gen, dtype=torch.int32),
+        torch.tensor([0] + [n_padded] * 40, dtype=torch.int32),  # every row owns the whole stream
+    ]
+    bad_deltas = [A.deltas, torch.full_like(A.deltas, 0xFF), torch.zeros_like(A.deltas)]
+    x = torch.randn(4, 300, generator=gen).half().to(device)
+    for pointers in bad_pointers:
+        for deltas in bad_deltas:
+            args = (A.values, deltas, pointers.to(device), 40, 300)
+            y = torch.ops.macko_spmv.multiply(*args, x)
+            d = torch.ops.macko_spmv.decompress(*args)
+            assert y.shape == (4, 40) and d.shape == (40, 300)
+    if device == "cuda":
+        torch.cuda.synchronize()

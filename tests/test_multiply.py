@@ -1,0 +1,175 @@
+"""multiply against float64 dense math, on every device and dtype."""
+
+import pytest
+import torch
+
+import macko_spmv
+from conftest import (adversarial_matrices, assert_product_close, poison_allocator, random_pruned,
+                      requires_cuda)
+
+
+def random_x(shape, dtype, gen, device):
+    return torch.randn(*shape, generator=gen).to(dtype).to(device)
+
+
+def poisoned_multiply(A, x):
+    rows = A.rows * (x.numel() // max(A.cols, 1) if x.dim() > 1 else 1)
+    poison_allocator(x.device, 4 * rows * 4)
+    return macko_spmv.multiply(A, x)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 300), (300, 1), (13, 97), (64, 64), (257, 1031), (4, 4099)])
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.1, 0.02])
+def test_vector(device, dtype, shape, density, gen):
+    M = random_pruned(*shape, density, dtype, gen).to(device)
+    x = random_x((shape[1],), dtype, gen, device)
+    y = poisoned_multiply(macko_spmv.compress(M), x)
+    assert y.shape == (shape[0],) and y.dtype == dtype and y.device == M.device
+    assert_product_close(y, M, x)
+
+
+def test_adversarial(device, dtype, gen):
+    for name, M in adversarial_matrices(dtype, gen).items():
+        if torch.isnan(M).any() or torch.isinf(M).any():
+            continue  # NaN/Inf make the reference NaN; covered below
+        M = M.to(device)
+        x = random_x((M.shape[1],), dtype, gen, device)
+        y = poisoned_multiply(macko_spmv.compress(M), x)
+        if M.shape[1] == 0:
+            assert torch.equal(y.cpu(), torch.zeros(M.shape[0], dtype=dtype)), name
+        else:
+            assert_product_close(y, M, x)
+
+
+def test_nan_and_inf_propagate(device):
+    M = torch.zeros(3, 40)
+    M[0, 5] = float("nan")
+    M[1, 39] = float("inf")
+    M[2, 0] = 1.0
+    A = macko_spmv.compress(M.to(device))
+    y = macko_spmv.multiply(A, torch.ones(40, device=device)).cpu()
+    assert torch.isnan(y[0]) and y[1] == float("inf") and y[2] == 1.0
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 8, 16, 17, 40])
+def test_batch(device, dtype, batch, gen):
+    M = random_pruned(67, 129, 0.3, dtype, gen).to(device)
+    A = macko_spmv.compress(M)
+    X = random_x((batch, 129), dtype, gen, device)
+    Y = poisoned_multiply(A, X)
+    assert Y.shape == (batch, 67)
+    assert_product_close(Y, M, X)
+
+
+def test_batch_leading_dims_and_strides(device, gen):
+    M = random_pruned(31, 50, 0.4, torch.float32, gen).to(device)
+    A = macko_spmv.compress(M)
+    X = random_x((2, 3, 100), torch.float32, gen, device)[..., ::2]  # [2, 3, 50], strided
+    Y = macko_spmv.multiply(A, X)
+    assert Y.shape == (2, 3, 31)
+    assert_product_close(Y.reshape(6, 31), M, X.reshape(6, 50))
+    y = macko_spmv.multiply(A, random_x((100,), torch.float32, gen, device)[::2])
+    assert y.shape == (31,)
+
+
+def test_empty_batch(device):
+    A = macko_spmv.compress(torch.eye(4, device=device))
+    assert macko_spmv.multiply(A, torch.empty(0, 4, device=device)).shape == (0, 4)
+
+
+def test_int64_row_indices(device, gen):
+    """Matrices with > 2**31 - 1 entries use int64 row pointers; the kernels
+    take both widths (tested here on a small matrix with widened pointers)."""
+    M = random_pruned(20, 70, 0.3, torch.float16, gen).to(device)
+    A = macko_spmv.compress(M)
+    B = macko_spmv.MackoMatrix(A.values, A.deltas, A.row_indices.long(), A.rows, A.cols)
+    x = random_x((70,), torch.float16, gen, device)
+    assert torch.equal(macko_spmv.multiply(B, x), macko_spmv.multiply(A, x))
+    assert torch.equal(macko_spmv.decompress(B), M)
+
+
+def test_gradient_wrt_x(device, gen):
+    M = random_pruned(23, 41, 0.3, torch.float32, gen).to(device)
+    A = macko_spmv.compress(M)
+    x = random_x((3, 41), torch.float32, gen, device).requires_grad_()
+    w = random_x((3, 23), torch.float32, gen, device)
+    (macko_spmv.multiply(A, x) * w).sum().backward()
+    assert torch.allclose(x.grad.double().cpu(), w.double().cpu() @ M.double().cpu(), rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_wrt_values_is_refused(device, gen):
+    A = macko_spmv.compress(random_pruned(5, 9, 0.5, torch.float32, gen).to(device))
+    values = A.values.clone().requires_grad_()
+    y = torch.ops.macko_spmv.multiply(values, A.deltas, A.row_indices, 5, 9, torch.ones(9, device=device))
+    with pytest.raises(NotImplementedError, match="values"):
+        y.sum().backward()
+
+
+def test_opcheck(device, gen):
+    M = random_pruned(19, 53, 0.3, torch.float32, gen).to(device)
+    A = macko_spmv.compress(M)
+    for x in (random_x((53,), torch.float32, gen, device), random_x((4, 53), torch.float32, gen, device)):
+        torch.library.opcheck(torch.ops.macko_spmv.multiply.default, (*A, x))
+        torch.library.opcheck(torch.ops.macko_spmv.multiply.default, (*A, x.clone().requires_grad_()))
+    torch.library.opcheck(torch.ops.macko_spmv.decompress.default, tuple(A))
+
+
+def test_torch_compile_fullgraph(device, gen):
+    M = random_pruned(33, 65, 0.3, torch.float32, gen).to(device)
+    A = macko_spmv.compress(M)
+
+    @torch.compile(fullgraph=True)
+    def layer(x):
+        return torch.relu(macko_spmv.multiply(A, x)) * 2
+
+    for x in (random_x((65,), torch.float32, gen, device), random_x((3, 65), torch.float32, gen, device)):
+        assert torch.equal(layer(x), torch.relu(macko_spmv.multiply(A, x)) * 2)
+
+
+@requires_cuda
+def test_cuda_graph_capture_and_replay(gen):
+    M = random_pruned(300, 500, 0.3, torch.float16, gen).cuda()
+    A = macko_spmv.compress(M)
+    x = torch.empty(500, dtype=torch.float16, device="cuda")
+    X = torch.empty(4, 500, dtype=torch.float16, device="cuda")
+    x.copy_(random_x((500,), torch.float16, gen, "cuda"))
+    X.copy_(random_x((4, 500), torch.float16, gen, "cuda"))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up outside the graph
+        macko_spmv.multiply(A, x), macko_spmv.multiply(A, X)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = macko_spmv.multiply(A, x)
+        Y = macko_spmv.multiply(A, X)
+    for _ in range(2):  # new inputs each replay
+        x.copy_(random_x((500,), torch.float16, gen, "cuda"))
+        X.copy_(random_x((4, 500), torch.float16, gen, "cuda"))
+        y.fill_(float("nan"))
+        Y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_product_close(y, M, x)
+        assert_product_close(Y, M, X)
+
+
+@requires_cuda
+def test_cuda_matches_cpu_format(dtype, gen):
+    M = random_pruned(129, 777, 0.2, dtype, gen)
+    A_cpu, A_gpu = macko_spmv.compress(M), macko_spmv.compress(M.cuda())
+    for a, b in zip(A_cpu[:3], A_gpu[:3]):
+        assert torch.equal(a.view(torch.uint8), b.cpu().view(torch.uint8))
+
+
+@requires_cuda
+def test_misaligned_views_are_read_correctly(gen):
+    M = random_pruned(16, 64, 0.5, torch.float16, gen).cuda()
+    A = macko_spmv.compress(M)
+    # The same arrays at an offset of 1 element inside bigger buffers.
+    values = torch.cat([torch.zeros(1, dtype=A.values.dtype, device="cuda"), A.values])[1:]
+    deltas = torch.cat([torch.zeros(1, dtype=torch.uint8, device="cuda"), A.deltas])[1:]
+    B = macko_spmv.MackoMatrix(values, deltas, A.row_indices, 16, 64)
+    x = random_x((64,), torch.float16, gen, "cuda")
+    assert torch.equal(macko_spmv.multiply(B, x), macko_spmv.multiply(A, x))
+    assert torch.equal(macko_spmv.decompress(B), M)
