@@ -10,7 +10,20 @@ The ops are also torch.ops.macko_spmv.{compress, decompress, multiply}.
 
 from . import ops
 from .matrix import MackoMatrix, compress, decompress, multiply
+from . import nn
+from .nn import MackoLinear, densify, sparsify
 
 __version__ = "0.1.0"
 
-__all__ = ["MackoMatrix", "compress", "decompress", "multiply", "ops", "__version__"]
+__all__ = [
+    "MackoMatrix",
+    "compress",
+    "decompress",
+    "multiply",
+    "ops",
+    "nn",
+    "MackoLinear",
+    "sparsify",
+    "densify",
+    "__version__",
+]

@@ -1,5 +1,7 @@
 """`python -m macko_spmv info`: what this build of macko-spmv was made for."""
 
+import re
+
 import torch
 
 from . import __version__, ops
@@ -31,7 +33,7 @@ def main(argv=None):
     for index in range(torch.cuda.device_count()):
         major, minor = torch.cuda.get_device_capability(index)
         cc = f"{major}.{minor}"
-        built = [tuple(int(p) for p in a.split(".")[:2]) for a in archs]
+        built = [tuple(int(p) for p in re.match(r"(\d+)\.(\d+)", a).groups()) for a in archs]
         # Machine code runs on its major version's later minors; PTX is
         # compiled by the driver for any newer GPU.
         covered = any(b[0] == major and b[1] <= minor for b in built) or (ptx and (major, minor) >= max(built))

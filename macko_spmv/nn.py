@@ -1,0 +1,492 @@
+"""Layers and model conversion: MackoLinear, sparsify, densify.
+
+    import macko_spmv
+    report = macko_spmv.sparsify(model, min_sparsity=0.4)   # in place
+    print(report.weight_bytes_before, report.weight_bytes_after)
+    macko_spmv.densify(model)                               # and back
+
+MackoLinear is an inference layer: y = W x + b with W stored in the MACKO
+format. Gradients flow to the input and to the bias; the stored values of W
+are buffers and take no gradient (see macko_spmv.ops).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from . import ops
+from .matrix import VALUE_DTYPES, MackoMatrix, compress, decompress
+
+__all__ = ["MackoLinear", "sparsify", "densify", "SparsifyReport", "ConvertedLayer", "SkippedLayer"]
+
+# The compressed arrays, in the order of the raw ops' arguments.
+_ARRAY_NAMES = ("values", "deltas", "row_indices")
+
+
+class MackoLinear(nn.Module):
+    """A linear layer y = x W^T + b whose weight W is stored in the MACKO format.
+
+    Args:
+      weight: the weight W, out_features x in_features: either a dense 2-D
+        tensor [out_features, in_features] (float16, bfloat16 or float32, any
+        device the extension supports), compressed here on its own device
+        (zeros are dropped), or a MackoMatrix of that shape, used as is.
+      bias: None, or a tensor [out_features] with W's dtype and device; the
+        layer keeps a copy as an nn.Parameter, trainable unless bias is a
+        frozen (requires_grad=False) Parameter.
+
+    Buffers (in the state dict):
+      values:      [n_padded], W's dtype: the stored entries.
+      deltas:      [n_padded / 2] uint8: packed 4-bit column gaps.
+      row_indices: [out_features + 1] int32 (int64 for huge matrices).
+      dense_shape: [2] int64, (out_features, in_features): kept so that a
+                   checkpoint says which dense shape its arrays encode.
+
+    The forward pass takes x [..., in_features] in W's dtype and on W's
+    device and returns [..., out_features]. Module conversions behave as for
+    nn.Linear: ``.half()``, ``.bfloat16()``, ``.float()`` and ``.to(dtype)``
+    convert ``values`` and ``bias`` (the integer arrays stay as they are);
+    a cast to any other floating dtype (``.double()``) raises TypeError.
+    Loading a state dict accepts arrays of another length than this layer's,
+    so a layer built from any weight of the right shape can receive any
+    checkpoint of that shape.
+    """
+
+    def __init__(self, weight: Union[torch.Tensor, MackoMatrix], bias: Optional[torch.Tensor] = None):
+        super().__init__()
+        if isinstance(weight, MackoMatrix):
+            matrix = weight
+        elif isinstance(weight, torch.Tensor):
+            if weight.dim() != 2:
+                raise ValueError(
+                    f"weight must be a 2-D matrix [out_features, in_features], got shape {tuple(weight.shape)}"
+                )
+            with torch.no_grad():
+                matrix = compress(weight.detach())
+        else:
+            raise TypeError(f"weight must be a torch.Tensor or a MackoMatrix, got {type(weight).__name__}")
+
+        self.out_features = matrix.rows
+        self.in_features = matrix.cols
+        for name, array in zip(_ARRAY_NAMES, matrix[:3]):
+            self.register_buffer(name, array)
+        self.register_buffer(
+            "dense_shape",
+            torch.tensor([matrix.rows, matrix.cols], dtype=torch.int64, device=matrix.device),
+        )
+
+        if bias is None:
+            self.bias = None
+        else:
+            if not isinstance(bias, torch.Tensor):
+                raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+            if tuple(bias.shape) != (self.out_features,):
+                raise ValueError(
+                    f"bias must have shape [out_features] = [{self.out_features}], got {tuple(bias.shape)}"
+                )
+            if bias.dtype != matrix.dtype or bias.device != matrix.device:
+                raise TypeError(
+                    f"bias must have the weight's dtype and device ({matrix.dtype}, {matrix.device}), "
+                    f"got ({bias.dtype}, {bias.device})"
+                )
+            # A Parameter passes on whether it is frozen; a plain tensor
+            # becomes a trainable bias, as nn.Linear's is.
+            trainable = bias.requires_grad if isinstance(bias, nn.Parameter) else True
+            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=trainable)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "MackoLinear":
+        """A MackoLinear with the linear layer's weight (compressed) and bias.
+
+        The new layer owns copies: changing ``linear`` afterwards does not
+        change it. The weight is compressed on its own device and in its own
+        dtype (float16, bfloat16 or float32).
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        return cls(linear.weight, linear.bias)
+
+    # ------------------------------------------------------------------
+    # Forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = x W^T + b.
+
+        Args:
+          x: [..., in_features] (at least 1-D), W's dtype and device.
+
+        Returns:
+          [..., out_features], W's dtype; products summed in float32.
+        """
+        if x.dim() == 0:
+            raise ValueError(f"x must be [..., in_features = {self.in_features}], got a scalar")
+        # The raw op takes [cols] or [batch, cols]; fold any leading dims
+        # into one batch. Calling the op on the buffers (not a MackoMatrix)
+        # keeps the graph free of Python tuple subclasses for torch.compile.
+        x_2d = x.flatten(0, -2) if x.dim() > 2 else x
+        y = ops.multiply(self.values, self.deltas, self.row_indices, self.out_features, self.in_features, x_2d)
+        if x.dim() > 2:
+            y = y.unflatten(0, x.shape[:-1])
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    # ------------------------------------------------------------------
+    # Inspection and conversion back
+
+    @property
+    def matrix(self) -> MackoMatrix:
+        """The weight as a MackoMatrix sharing this layer's buffers."""
+        return MackoMatrix(
+            self.values, self.deltas, self.row_indices, self.out_features, self.in_features, validate=False
+        )
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight [out_features, in_features], decompressed anew on
+        every access (for inspection: it costs a dense matrix)."""
+        return decompress(self.matrix)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the compressed weight's arrays (the bias excluded)."""
+        return self.matrix.nbytes
+
+    @property
+    def density(self) -> float:
+        """Nonzeros of the weight over its elements."""
+        return self.matrix.density
+
+    @property
+    def stored_fraction(self) -> float:
+        """Stored entries (padding zeros included) over the weight's elements."""
+        return self.matrix.stored_fraction
+
+    def to_linear(self) -> nn.Linear:
+        """An nn.Linear with the dense weight and a copy of the bias, in this
+        layer's dtype and on its device."""
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device="meta", dtype=self.values.dtype
+        )
+        # Built on the meta device so that no throw-away initialisation runs;
+        # the real tensors are put in place here.
+        linear.weight = nn.Parameter(self.weight)
+        if self.bias is not None:
+            linear.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=self.bias.requires_grad)
+        return linear
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"density={self.density:.3f}, stored_fraction={self.stored_fraction:.3f}, nbytes={self.nbytes}"
+        )
+
+    # ------------------------------------------------------------------
+    # nn.Module hooks: conversions and loading
+
+    def _apply(self, fn, recurse=True):
+        # Module.half()/.float()/.to(dtype) cast only floating-point tensors,
+        # so they reach `values` and `bias` and leave the uint8/int arrays
+        # alone, as the format needs. Two conversions would break the layer:
+        # a value dtype the kernels lack (.double()), and a cast of every
+        # tensor whatever its dtype (Module.type). Try the conversion on
+        # empty tensors first and refuse before anything has been converted.
+        device = self.values.device
+        value_probe = fn(torch.empty(0, dtype=self.values.dtype, device=device))
+        if isinstance(value_probe, torch.Tensor) and value_probe.dtype not in VALUE_DTYPES:
+            raise TypeError(
+                f"MackoLinear stores its weight as float16, bfloat16 or float32; it cannot be converted to "
+                f"{value_probe.dtype}"
+            )
+        index_probe = fn(torch.empty(0, dtype=torch.uint8, device=device))
+        if isinstance(index_probe, torch.Tensor) and index_probe.dtype != torch.uint8:
+            raise TypeError(
+                f"this conversion would cast MackoLinear's integer arrays (deltas, row_indices) to "
+                f"{index_probe.dtype}; convert with .half(), .bfloat16(), .float() or .to(dtype) instead"
+            )
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # The array lengths depend on the weight's zeros, so a checkpoint's
+        # arrays rarely have this layer's lengths. Check that the incoming
+        # arrays encode a matrix of this layer's shape, then resize the
+        # buffers to them and let nn.Module copy as usual (which also casts
+        # values to this layer's dtype, as nn.Linear's load does).
+        keys = {name: prefix + name for name in (*_ARRAY_NAMES, "dense_shape")}
+        if all(key in state_dict for key in keys.values()):
+            incoming = {name: state_dict[key] for name, key in keys.items()}
+            checkpoint_shape = tuple(int(size) for size in incoming["dense_shape"].tolist())
+            if checkpoint_shape != (self.out_features, self.in_features):
+                error_msgs.append(
+                    f"size mismatch for {prefix}dense_shape: the checkpoint holds a "
+                    f"{checkpoint_shape} MACKO weight, the layer in the current model is "
+                    f"({self.out_features}, {self.in_features})."
+                )
+                return
+            try:
+                ops.validate(incoming["values"], incoming["deltas"], incoming["row_indices"],
+                             self.out_features, self.in_features)
+            except (ValueError, TypeError, RuntimeError) as error:
+                error_msgs.append(f"invalid MACKO arrays under {prefix or 'the root'} in the checkpoint: {error}")
+                return
+            for name in _ARRAY_NAMES:
+                current, new = getattr(self, name), incoming[name]
+                # Row pointers take the checkpoint's width (int32 or int64):
+                # it depends on the number of stored entries.
+                dtype = new.dtype if name == "row_indices" else current.dtype
+                if current.shape != new.shape or current.dtype != dtype:
+                    setattr(self, name, torch.empty(new.shape, dtype=dtype, device=current.device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+# ----------------------------------------------------------------------
+# Model conversion
+
+NameFilter = Union[None, str, "re.Pattern[str]", Callable[[str], bool]]
+
+
+@dataclass(frozen=True)
+class ConvertedLayer:
+    """An nn.Linear that sparsify replaced.
+
+    name: qualified module name; shape: (out_features, in_features);
+    sparsity: fraction of zeros in its weight; dense_bytes: the dense
+    weight's bytes; macko_bytes: the compressed arrays' bytes.
+    """
+
+    name: str
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    sparsity: float
+    dense_bytes: int
+    macko_bytes: int
+
+
+@dataclass(frozen=True)
+class SkippedLayer:
+    """An nn.Linear that sparsify left as it was, and why.
+
+    kind is one of "filtered" (include/exclude), "sparsity" (below
+    min_sparsity), "empty" (no elements), "dtype", "device", "tied" (weight
+    shared with another module), "subclass" (a subclass of nn.Linear whose
+    forward may differ), "root" (the model itself is the layer); reason
+    says it in words.
+    """
+
+    name: str
+    kind: str
+    reason: str
+
+
+@dataclass
+class SparsifyReport:
+    """What sparsify did: the converted layers and the skipped ones.
+
+    weight_bytes_before / weight_bytes_after are the bytes of the converted
+    layers' weights, dense before and compressed after (biases excluded:
+    they do not change).
+    """
+
+    min_sparsity: float
+    converted: list[ConvertedLayer] = field(default_factory=list)
+    skipped: list[SkippedLayer] = field(default_factory=list)
+
+    @property
+    def weight_bytes_before(self) -> int:
+        return sum(layer.dense_bytes for layer in self.converted)
+
+    @property
+    def weight_bytes_after(self) -> int:
+        return sum(layer.macko_bytes for layer in self.converted)
+
+    def __str__(self) -> str:
+        lines = [
+            f"sparsify: converted {len(self.converted)} nn.Linear layer(s) to MackoLinear, "
+            f"skipped {len(self.skipped)} (min_sparsity={self.min_sparsity:g})"
+        ]
+        if self.converted:
+            before, after = self.weight_bytes_before, self.weight_bytes_after
+            lines.append(
+                f"  weights of the converted layers: {_format_bytes(before)} dense -> {_format_bytes(after)} "
+                f"MACKO ({after / before:.1%} of dense)"
+            )
+        counts = {}
+        for layer in self.skipped:
+            counts[layer.kind] = counts.get(layer.kind, 0) + 1
+        for kind, count in counts.items():
+            example = next(layer for layer in self.skipped if layer.kind == kind)
+            more = f" (and {count - 1} more)" if count > 1 else ""
+            lines.append(f"  skipped {count} [{kind}]: e.g. {example.name or '<model>'}: {example.reason}{more}")
+        return "\n".join(lines)
+
+
+def _format_bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _name_matcher(pattern: NameFilter, argument: str) -> Callable[[str], bool]:
+    if pattern is None:
+        return lambda name: True
+    if isinstance(pattern, str):
+        pattern = re.compile(pattern)
+    if isinstance(pattern, re.Pattern):
+        return lambda name: pattern.search(name) is not None
+    if callable(pattern):
+        return lambda name: bool(pattern(name))
+    raise TypeError(f"{argument} must be None, a regular expression or a callable, got {type(pattern).__name__}")
+
+
+def _module_aliases(model: nn.Module, module_type) -> dict:
+    """{id(module): (module, [every qualified name it has])} for the
+    modules of the given type; a module reused at several places in the
+    model has several names, all of which must be replaced."""
+    aliases = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, module_type):
+            aliases.setdefault(id(module), (module, []))[1].append(name)
+    return aliases
+
+
+def _replace(model: nn.Module, name: str, new_module: nn.Module) -> None:
+    parent_name, _, child_name = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child_name, new_module)
+
+
+def sparsify(
+    model: nn.Module,
+    min_sparsity: float = 0.3,
+    include: NameFilter = None,
+    exclude: NameFilter = None,
+    progress: bool = True,
+    verbose: bool = True,
+) -> SparsifyReport:
+    """Replaces, in place, the model's sparse nn.Linear layers with MackoLinear.
+
+    A layer is converted when it is exactly an nn.Linear (subclasses may
+    have another forward and are skipped), its weight is float16, bfloat16
+    or float32 on a real device, is not shared with another module (tied
+    weights would be stored twice), its qualified name matches ``include``
+    and not ``exclude``, and the fraction of its weight's elements equal to
+    zero is at least ``min_sparsity``. Weights are compressed where they
+    are, in their dtype; outputs then equal those of the dense layers up to
+    the order of summation (sums in float32).
+
+    Args:
+      model: the nn.Module to convert (modified in place).
+      min_sparsity: float in [0, 1]; the least fraction of zeros a weight
+        must have. The MACKO format saves memory over dense fp16 from about
+        20% zeros on (2.5 bytes per stored entry against 2 per element).
+      include: None (every layer), a regular expression searched in the
+        qualified name (``re.search``; anchor it with ^...$ for a whole
+        name), or a callable name -> bool.
+      exclude: like include; matching layers are not converted.
+      progress: show a tqdm progress bar over the candidate layers.
+      verbose: print the report's summary when done.
+
+    Returns:
+      SparsifyReport listing converted and skipped layers and the weights'
+      bytes before and after.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
+    included = _name_matcher(include, "include")
+    excluded = _name_matcher(exclude, "exclude") if exclude is not None else (lambda name: False)
+    report = SparsifyReport(min_sparsity=min_sparsity)
+
+    # Which parameters are reachable under which names: a weight reachable
+    # from outside its layer is tied to another module.
+    parameter_names = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        parameter_names.setdefault(id(parameter), []).append(name)
+
+    candidates = []  # (layer, names) that pass every check but the sparsity
+    for layer, names in _module_aliases(model, nn.Linear).values():
+        name = names[0]
+        skip = None
+        if "" in names:
+            skip = ("root", "the model itself is this nn.Linear; convert it with MackoLinear.from_linear")
+        elif not any(included(n) for n in names) or any(excluded(n) for n in names):
+            skip = ("filtered", "not selected by include/exclude")
+        elif type(layer) is not nn.Linear:
+            skip = ("subclass", f"{type(layer).__name__} subclasses nn.Linear; its forward may differ")
+        elif layer.weight.dtype not in VALUE_DTYPES:
+            skip = ("dtype", f"weight dtype {layer.weight.dtype} is not float16, bfloat16 or float32")
+        elif layer.weight.is_meta:
+            skip = ("device", "weight is on the meta device (no data to compress)")
+        else:
+            own_names = {n + ".weight" for n in names}
+            shared = [n for n in parameter_names.get(id(layer.weight), []) if n not in own_names]
+            if shared:
+                skip = ("tied", f"weight is shared with {shared[0]}; converting would store it twice")
+        if skip:
+            report.skipped.append(SkippedLayer(name, *skip))
+        else:
+            candidates.append((layer, names))
+
+    from tqdm.auto import tqdm  # a dependency of the package; imported only when used
+
+    with torch.no_grad():
+        for layer, names in tqdm(candidates, desc="sparsify", unit="layer", disable=not progress):
+            weight = layer.weight
+            elements = weight.numel()
+            zeros = elements - int(torch.count_nonzero(weight)) if elements else 0
+            sparsity = zeros / elements if elements else 0.0
+            if elements == 0:
+                report.skipped.append(SkippedLayer(names[0], "empty", "weight has no elements"))
+                continue
+            if sparsity < min_sparsity:
+                reason = f"sparsity {sparsity:.3f} < min_sparsity {min_sparsity:g}"
+                report.skipped.append(SkippedLayer(names[0], "sparsity", reason))
+                continue
+            macko_layer = MackoLinear.from_linear(layer)
+            for name in names:
+                _replace(model, name, macko_layer)
+            report.converted.append(
+                ConvertedLayer(
+                    name=names[0],
+                    shape=(layer.out_features, layer.in_features),
+                    dtype=weight.dtype,
+                    sparsity=sparsity,
+                    dense_bytes=elements * weight.element_size(),
+                    macko_bytes=macko_layer.nbytes,
+                )
+            )
+    if verbose:
+        print(report)
+    return report
+
+
+def densify(model: nn.Module) -> nn.Module:
+    """Replaces, in place, every MackoLinear in the model with the equal
+    nn.Linear (dense weight, same dtype and device, bias copied).
+
+    Args:
+      model: the nn.Module to convert; a MackoLinear itself cannot be
+        replaced in place: use its to_linear().
+
+    Returns:
+      model, for chaining.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    for layer, names in _module_aliases(model, MackoLinear).values():
+        if "" in names:
+            raise TypeError("the model itself is a MackoLinear; use model.to_linear() instead")
+        linear = layer.to_linear()
+        for name in names:
+            _replace(model, name, linear)
+    return model

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# On a GPU machine: build in place for the local GPU, run the whole test
+# suite (GPU tests included), compute-sanitizer over the kernels, and the
+# benchmarks. Logs go to $OUT (default ./gpu-check-out).
+#
+#   scripts/gpu_check.sh                    # build, tests, sanitizer
+#   STAGES="build bench" BENCH_ARGS="--shapes 8192x8192" scripts/gpu_check.sh
+#
+# Stages: build, test, sanitize, bench (BENCH_ARGS are passed to
+# `python -m macko_spmv bench`), demo.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-check-out}
+STAGES=${STAGES:-build test sanitize}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+status=0
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+step() { echo "=== $1: $(date -u +%H:%M:%S)"; }
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+  $PYTHON -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  nvcc --version | tail -2
+} 2>&1 | tee "$OUT/env.txt"
+
+if has build; then
+  step build
+  arch=$($PYTHON -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
+  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} MAX_JOBS=${MAX_JOBS:-16} MACKO_BUILD_CUDA=1 \
+    $PYTHON -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
+    || { tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
+  $PYTHON -m macko_spmv info | tee -a "$OUT/env.txt"
+fi
+
+if has test; then
+  step test
+  $PYTHON -m pytest -q -ra tests 2>&1 | tee "$OUT/tests.log" | tail -25 || status=1
+fi
+
+if has sanitize; then
+  step sanitize
+  # Without the caching allocator every tensor is its own allocation, so an
+  # access past a tensor's end is outside any allocation and gets reported.
+  for tool in memcheck racecheck initcheck; do
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool $tool --error-exitcode 9 \
+      $PYTHON scripts/sanitize_ops.py >"$OUT/sanitize-$tool.log" 2>&1 || status=1
+    echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize-$tool.log" | tail -1)"
+  done
+fi
+
+if has demo; then
+  step demo
+  $PYTHON -m macko_spmv demo 2>&1 | tee "$OUT/demo.log" || status=1
+fi
+
+if has bench; then
+  step bench
+  $PYTHON -m macko_spmv bench --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60 || status=1
+fi
+step done
+exit $status

@@ -1,0 +1,47 @@
+"""Every CUDA kernel on small, awkward inputs, for compute-sanitizer.
+
+Run by scripts/gpu_check.sh as
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python scripts/sanitize_ops.py
+Covers each dtype, both row-pointer widths, every kernel batch width, odd
+shapes, empty rows, and corrupted arrays that bypass validation.
+"""
+
+import torch
+
+import macko_spmv
+
+gen = torch.Generator().manual_seed(0)
+ops = torch.ops.macko_spmv
+
+
+def pruned(rows, cols, density, dtype):
+    m = torch.randn(rows, cols, generator=gen) * (torch.rand(rows, cols, generator=gen) < density)
+    return m.to(dtype).cuda()
+
+
+for dtype in (torch.float16, torch.bfloat16, torch.float32):
+    for rows, cols, density in [(1, 1, 1.0), (1, 37, 0.5), (37, 1, 0.5), (13, 97, 0.3), (65, 1031, 0.05),
+                                (33, 300, 1.0), (8, 64, 0.0), (4097 // 16, 3001, 0.2)]:
+        M = pruned(rows, cols, density, dtype)
+        A = macko_spmv.compress(M)
+        assert torch.equal(macko_spmv.decompress(A), M)
+        for batch in (None, 1, 2, 3, 5, 8, 16, 19):
+            x = torch.randn(*(() if batch is None else (batch,)), cols, generator=gen).to(dtype).cuda()
+            macko_spmv.multiply(A, x)
+        wide = (A.values, A.deltas, A.row_indices.long(), rows, cols)
+        ops.multiply(*wide, x)
+        ops.decompress(*wide)
+
+# Corrupted contents: rows pointing outside the stream, deltas running past cols.
+M = pruned(40, 300, 0.2, torch.float16)
+A = macko_spmv.compress(M)
+n = A.values.numel()
+x = torch.randn(4, 300, generator=gen).half().cuda()
+for pointers in ([-5] * 41, [n + 1000] * 41, [0] + [n] * 40, list(range(40 * 50, -1, -50))):
+    for deltas in (A.deltas, torch.full_like(A.deltas, 0xFF)):
+        args = (A.values, deltas, torch.tensor(pointers, dtype=torch.int32).cuda(), 40, 300)
+        ops.multiply(*args, x)
+        ops.multiply(*args, x[0])
+        ops.decompress(*args)
+torch.cuda.synchronize()
+print("sanitize_ops: all kernels ran")
