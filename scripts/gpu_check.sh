@@ -23,6 +23,8 @@ step() { echo "=== $1: $(date -u +%H:%M:%S)"; }
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
   $PYTHON -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
   nvcc --version | tail -2
+  $PYTHON -c 'import sysconfig as s; print("LDSHARED:", s.get_config_var("LDSHARED")); print("CXX:", s.get_config_var("CXX"))'
+  env | grep -E '^(LDFLAGS|CFLAGS|CXXFLAGS|CC|CXX)=' || true
 } 2>&1 | tee "$OUT/env.txt"
 
 if has build; then
@@ -32,6 +34,9 @@ if has build; then
     $PYTHON -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
     || { tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
   $PYTHON -m macko_spmv info | tee -a "$OUT/env.txt"
+  # The extension must use the process's libstdc++, not a static copy.
+  so=$(ls macko_spmv/_C*.so)
+  echo "libstdc++ linked dynamically: $(ldd "$so" | grep -c 'libstdc++') ; ostream copies inside: $(nm -D -C "$so" | grep -c ' W std::ostream& std::ostream::_M_insert')" | tee -a "$OUT/env.txt"
 fi
 
 if has test; then

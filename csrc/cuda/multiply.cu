@@ -10,19 +10,26 @@
 //
 // Data layout. values and deltas are the format's arrays, read with
 // 16-byte (values) and 4-byte (deltas) streaming loads. With one right-hand
-// side x is read in place; with B > 1 the batch is transposed to
+// side x is read as it is; with B > 1 the batch is transposed to
 // x_t[cols][kBatch] (zero-padded to a power of two), so one gathered column
 // is a single contiguous load of all its right-hand sides, and the matrix is
-// read once for the whole batch.
+// read once for the whole batch. Each block first copies x_t into shared
+// memory when it fits (kMaxSharedXBytes).
 //
 // Why it is fast. SpMV at these densities moves ~2.5 bytes per stored entry
-// and does 2 flops on it: it is bound by memory bandwidth. Every byte of
-// the stream is read exactly once with coalesced 16-byte loads, kUnroll
-// groups per lane are in flight before the first is used, the streaming
-// loads skip L1 so the vector (which every row reuses) stays there, and the
-// per-entry work (nibble extraction, one shuffle scan per 8 entries) is
-// small enough to hide under the loads.
+// and does 2 flops on it: it is bound by memory bandwidth, provided two
+// other costs stay hidden. (1) The gather of x: at one unrolled index j the
+// 32 lanes hold entries 8 apart, whose columns spread over up to 32 cache
+// lines, so a gather from global memory costs up to 32 L1 wavefronts per
+// instruction; from shared memory it costs only the bank conflicts of 32
+// random columns (about 3-4 ways). (2) Latency: each lane keeps kUnroll
+// groups in flight, and the next stage's loads are issued before the current
+// one is consumed (and the first before x is staged), so every warp always
+// has a stage of the stream on its way. The stream itself is read exactly
+// once with coalesced 16-byte loads that skip L1.
 #include <torch/library.h>
+
+#include <type_traits>
 
 #include "warp_stream.cuh"
 
@@ -30,66 +37,47 @@ namespace macko {
 namespace cuda {
 namespace {
 
-constexpr int kRowsPerBlock = 8;
+constexpr int kRowsPerBlock = 16;
 constexpr int kThreads = kRowsPerBlock * kWarpSize;
 // The widest batch one kernel instance reads the matrix once for.
 constexpr int kMaxBatch = 16;
+// Groups each lane has in flight per stage of the pipelined walk: two for
+// 16-bit values; one for fp32, whose groups are twice as wide (two stages
+// of two would not fit in the registers without spilling).
+template <typename scalar_t>
+constexpr int kUnroll = sizeof(scalar_t) == 2 ? 2 : 1;
+// The largest vector block staged in shared memory: two blocks of kThreads
+// must fit on one SM (227 KB on Hopper) to keep enough warps resident.
+constexpr int64_t kMaxSharedXBytes = 110 * 1024;
 
 // kBatch consecutive scalars of x_t at one column, as floats, in as few
-// loads as their width allows (x_t rows are aligned to their width).
+// loads as their width allows (x_t rows are aligned to their width). x_t is
+// in shared memory or, when it does not fit there, in global memory.
 template <typename scalar_t, int kBatch>
-__device__ __forceinline__ void load_x(const scalar_t* x_t, int col,
-                                       float (&out)[kBatch]) {
+__device__ __forceinline__ void load_x(const scalar_t* x_t, int col, float (&out)[kBatch]) {
   constexpr int kBytes = kBatch * sizeof(scalar_t);
-  const scalar_t* p = x_t + static_cast<int64_t>(col) * kBatch;
-  if constexpr (kBytes >= 16) {
-    uint4 raw[kBytes / 16];
+  using Word = std::conditional_t<(kBytes >= 16), uint4,
+               std::conditional_t<kBytes == 8, uint2,
+               std::conditional_t<kBytes == 4, unsigned, unsigned short>>>;
+  constexpr int kWords = kBytes >= 16 ? kBytes / 16 : 1;
+  Word raw[kWords];
+  const Word* p = reinterpret_cast<const Word*>(x_t + static_cast<int64_t>(col) * kBatch);
 #pragma unroll
-    for (int w = 0; w < kBytes / 16; ++w) raw[w] = __ldg(reinterpret_cast<const uint4*>(p) + w);
+  for (int w = 0; w < kWords; ++w) raw[w] = p[w];
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b) out[b] = static_cast<float>(reinterpret_cast<const scalar_t*>(raw)[b]);
-  } else if constexpr (kBytes == 8) {
-    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) out[b] = static_cast<float>(reinterpret_cast<const scalar_t*>(&raw)[b]);
-  } else if constexpr (kBytes == 4) {
-    const unsigned raw = __ldg(reinterpret_cast<const unsigned*>(p));
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) out[b] = static_cast<float>(reinterpret_cast<const scalar_t*>(&raw)[b]);
-  } else {
-    static_assert(kBytes == 2, "unexpected batch width");
-    const unsigned short raw = __ldg(reinterpret_cast<const unsigned short*>(p));
-    out[0] = static_cast<float>(*reinterpret_cast<const scalar_t*>(&raw));
-  }
+  for (int b = 0; b < kBatch; ++b) out[b] = static_cast<float>(reinterpret_cast<const scalar_t*>(raw)[b]);
 }
 
-template <typename scalar_t, typename index_t, int kBatch, int kUnroll>
-__global__ void __launch_bounds__(kThreads)
-    multiply_kernel(const scalar_t* __restrict__ values,
-                    const uint8_t* __restrict__ deltas,
-                    const index_t* __restrict__ row_indices, int64_t n_entries,
-                    int64_t rows, int cols, const scalar_t* __restrict__ x_t,
-                    int batch, scalar_t* __restrict__ y) {
-  const int lane = threadIdx.x % kWarpSize;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarpSize;
-  if (row >= rows) return;  // warp-uniform
+// One stage of a warp's walk: kUnroll groups per lane, loaded together so
+// that their loads are in flight at once.
+template <typename scalar_t, int kUnroll = kUnroll<scalar_t>>
+struct Stage {
+  GroupValues<scalar_t> group[kUnroll];
+  uint32_t nibbles[kUnroll];
+  unsigned mask[kUnroll];
 
-  int64_t begin, end;
-  row_range(row_indices, row, n_entries, begin, end);
-  const uint32_t* nibble_words = reinterpret_cast<const uint32_t*>(deltas);
-
-  float acc[kBatch];
-#pragma unroll
-  for (int b = 0; b < kBatch; ++b) acc[b] = 0.0f;
-
-  int prev_col = -1;
-  // The walk ends at the row's end, or once every later column would fall
-  // outside the matrix (only a corrupted stream gets there first).
-  for (int64_t step = begin & ~(kGroupEntries - 1); step < end && prev_col < cols - 1;
-       step += kUnroll * kWarpStepEntries) {
-    GroupValues<scalar_t> group[kUnroll];
-    uint32_t nibbles[kUnroll];
-    unsigned mask[kUnroll];
+  __device__ __forceinline__ void load(const scalar_t* values, const uint32_t* nibble_words,
+                                       int64_t step, int64_t begin, int64_t end, int lane) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t first = step + (u * kWarpSize + lane) * kGroupEntries;
@@ -102,16 +90,70 @@ __global__ void __launch_bounds__(kThreads)
         nibbles[u] = 0;
       }
     }
+  }
+};
+
+template <typename scalar_t, typename index_t, int kBatch, bool kSharedX>
+__global__ void __launch_bounds__(kThreads, kBatch >= 8 ? 1 : 2)
+    multiply_kernel(const scalar_t* __restrict__ values,
+                    const uint8_t* __restrict__ deltas,
+                    const index_t* __restrict__ row_indices, int64_t n_entries,
+                    int64_t rows, int cols, const scalar_t* __restrict__ x_t,
+                    int batch, scalar_t* __restrict__ y) {
+  extern __shared__ uint4 shared_x_words[];
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarpSize;
+  const bool has_row = row < rows;  // warp-uniform
+
+  int64_t begin = 0, end = 0;
+  if (has_row) row_range(row_indices, row, n_entries, begin, end);
+  const uint32_t* nibble_words = reinterpret_cast<const uint32_t*>(deltas);
+  constexpr int kStageGroups = kUnroll<scalar_t>;
+  constexpr int64_t kStageEntries = kStageGroups * kWarpStepEntries;
+  int64_t step = begin & ~(kGroupEntries - 1);
+
+  // The first stage's loads go out before the vector is staged, so the
+  // stream's latency overlaps the copy.
+  Stage<scalar_t> next;
+  if (has_row) next.load(values, nibble_words, step, begin, end, lane);
+
+  const scalar_t* x = x_t;
+  if constexpr (kSharedX) {
+    // Whole 16-byte words, then the scalars of a last partial word.
+    const int64_t scalars = static_cast<int64_t>(cols) * kBatch;
+    constexpr int kPerWord = 16 / sizeof(scalar_t);
+    const int64_t words = scalars / kPerWord;
+    for (int64_t w = threadIdx.x; w < words; w += blockDim.x) {
+      shared_x_words[w] = __ldg(reinterpret_cast<const uint4*>(x_t) + w);
+    }
+    scalar_t* shared_x = reinterpret_cast<scalar_t*>(shared_x_words);
+    for (int64_t i = words * kPerWord + threadIdx.x; i < scalars; i += blockDim.x) shared_x[i] = x_t[i];
+    __syncthreads();
+    x = reinterpret_cast<const scalar_t*>(shared_x_words);
+  }
+  if (!has_row) return;
+
+  float acc[kBatch];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+  for (int b = 0; b < kBatch; ++b) acc[b] = 0.0f;
+
+  int prev_col = -1;
+  // The walk ends at the row's end, or once every later column would fall
+  // outside the matrix (only a corrupted stream gets there first).
+  while (step < end && prev_col < cols - 1) {
+    const Stage<scalar_t> current = next;
+    step += kStageEntries;
+    if (step < end) next.load(values, nibble_words, step, begin, end, lane);
+#pragma unroll
+    for (int u = 0; u < kStageGroups; ++u) {
       int col[kGroupEntries];
-      decode_columns(nibbles[u], mask[u], lane, prev_col, col);
+      decode_columns(current.nibbles[u], current.mask[u], lane, prev_col, col);
 #pragma unroll
       for (int j = 0; j < kGroupEntries; ++j) {
-        if (((mask[u] >> j) & 1u) && col[j] < cols) {
+        if (((current.mask[u] >> j) & 1u) && col[j] < cols) {
           float xv[kBatch];
-          load_x<scalar_t, kBatch>(x_t, col[j], xv);
-          const float v = group[u][j];
+          load_x<scalar_t, kBatch>(x, col[j], xv);
+          const float v = current.group[u][j];
 #pragma unroll
           for (int b = 0; b < kBatch; ++b) acc[b] = fmaf(v, xv[b], acc[b]);
         }
@@ -130,14 +172,20 @@ template <typename scalar_t, typename index_t, int kBatch>
 void launch_multiply(const at::Tensor& values, const at::Tensor& deltas,
                      const at::Tensor& row_indices, int64_t rows, int64_t cols,
                      const at::Tensor& x_t, int batch, at::Tensor& y) {
-  constexpr int kUnroll = 2;
   if (rows == 0) return;
-  multiply_kernel<scalar_t, index_t, kBatch, kUnroll>
-      <<<blocks_for(rows, kRowsPerBlock), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          values.const_data_ptr<scalar_t>(), deltas.const_data_ptr<uint8_t>(),
-          row_indices.const_data_ptr<index_t>(), values.numel(), rows,
-          static_cast<int>(cols), x_t.const_data_ptr<scalar_t>(), batch,
-          y.mutable_data_ptr<scalar_t>());
+  const int64_t x_bytes = cols * kBatch * static_cast<int64_t>(sizeof(scalar_t));
+  const bool shared_x = x_bytes <= kMaxSharedXBytes;
+  auto kernel = shared_x ? multiply_kernel<scalar_t, index_t, kBatch, true>
+                         : multiply_kernel<scalar_t, index_t, kBatch, false>;
+  const int shared_bytes = shared_x ? static_cast<int>((x_bytes + 15) / 16 * 16) : 0;
+  if (shared_bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes));
+  }
+  kernel<<<blocks_for(rows, kRowsPerBlock), kThreads, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(
+      values.const_data_ptr<scalar_t>(), deltas.const_data_ptr<uint8_t>(),
+      row_indices.const_data_ptr<index_t>(), values.numel(), rows,
+      static_cast<int>(cols), x_t.const_data_ptr<scalar_t>(), batch,
+      y.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -171,7 +219,7 @@ at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_i
     const int width = kernel_batch(nb);
     at::Tensor x_t;
     if (width == 1) {
-      x_t = (batched ? x_in[b0] : x_in).contiguous();
+      x_t = aligned16((batched ? x_in[b0] : x_in).contiguous());
     } else {
       x_t = at::zeros({cols, width}, x_in.options());
       x_t.narrow(1, 0, nb).copy_(x_in.narrow(0, b0, nb).t());
