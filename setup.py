@@ -132,6 +132,12 @@ def extensions():
             "macko_spmv._C",
             sources,
             extra_compile_args=compile_args,
+            # A toolchain that links libstdc++ statically (some CXX wrappers
+            # do) would otherwise export that copy's locale ids as unique
+            # symbols shared with the process's libstdc++, and formatting an
+            # integer into an error message would crash. Keep any archive's
+            # symbols private to this module.
+            extra_link_args=["-Wl,--exclude-libs,ALL"],
             py_limited_api=True,
         )
     ], cpp_extension.BuildExtension

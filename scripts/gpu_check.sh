@@ -31,7 +31,7 @@ if has build; then
   step build
   arch=$($PYTHON -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
   TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} MAX_JOBS=${MAX_JOBS:-16} MACKO_BUILD_CUDA=1 \
-    $PYTHON -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
+    $PYTHON -m pip install -v --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
     || { tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
   $PYTHON -m macko_spmv info | tee -a "$OUT/env.txt"
   # The extension must use the process's libstdc++, not a static copy.
