@@ -203,13 +203,14 @@ __global__ void __launch_bounds__(kThreads)
       group.load(values, first);
       nibbles = load_streaming(nibble_words + first / kGroupEntries);
     }
-    int col[kGroupEntries];
-    decode_columns(nibbles, mask, lane, prev_col, col);
+    const GroupSteps steps(nibbles, mask);
+    const uint32_t totals[1] = {steps.odd_offsets() >> 24};
+    int base[1];
+    warp_group_bases(totals, lane, prev_col, base);
     const scalar_t* entry = reinterpret_cast<const scalar_t*>(group.words);
-#pragma unroll
-    for (int j = 0; j < kGroupEntries; ++j) {
-      if (((mask >> j) & 1u) && col[j] < cols) out[col[j]] = entry[j];
-    }
+    for_each_column(steps, base[0], [&](int j, int col) {
+      if (((mask >> j) & 1u) && col < cols) out[col] = entry[j];
+    });
   }
 }
 

@@ -141,23 +141,32 @@ __global__ void __launch_bounds__(kThreads, kBatch >= 8 ? 1 : 2)
   // The walk ends at the row's end, or once every later column would fall
   // outside the matrix (only a corrupted stream gets there first).
   while (step < end && prev_col < cols - 1) {
-    const Stage<scalar_t> current = next;
+    Stage<scalar_t> current = next;
     step += kStageEntries;
     if (step < end) next.load(values, nibble_words, step, begin, end, lane);
+
+    GroupSteps steps[kStageGroups];
+    uint32_t totals[kStageGroups];
 #pragma unroll
     for (int u = 0; u < kStageGroups; ++u) {
-      int col[kGroupEntries];
-      decode_columns(current.nibbles[u], current.mask[u], lane, prev_col, col);
+      steps[u] = GroupSteps(current.nibbles[u], current.mask[u]);
+      totals[u] = steps[u].odd_offsets() >> 24;
+      if (current.mask[u] != 0xFFu) current.group[u].keep(current.mask[u]);
+    }
+    int base[kStageGroups];
+    warp_group_bases(totals, lane, prev_col, base);
 #pragma unroll
-      for (int j = 0; j < kGroupEntries; ++j) {
-        if (((current.mask[u] >> j) & 1u) && col[j] < cols) {
-          float xv[kBatch];
-          load_x<scalar_t, kBatch>(x, col[j], xv);
-          const float v = current.group[u][j];
+    for (int u = 0; u < kStageGroups; ++u) {
+      for_each_column(steps[u], base[u], [&](int j, int col) {
+        // Entries outside the row have value 0 here; the clamp only keeps a
+        // corrupted stream's columns inside x (-1 wraps to the top too).
+        const int clamped = static_cast<int>(min(static_cast<unsigned>(col), static_cast<unsigned>(cols - 1)));
+        float xv[kBatch];
+        load_x<scalar_t, kBatch>(x, clamped, xv);
+        const float v = current.group[u][j];
 #pragma unroll
-          for (int b = 0; b < kBatch; ++b) acc[b] = fmaf(v, xv[b], acc[b]);
-        }
-      }
+        for (int b = 0; b < kBatch; ++b) acc[b] = fmaf(v, xv[b], acc[b]);
+      });
     }
   }
 

@@ -28,9 +28,10 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpStepEntries = kWarpSize * static_cast<int>(kGroupEntries);
 
 // Column numbers are 32-bit on the device. A corrupted stream can run a
-// row's column past `cols` by at most one warp step (256 entries x 16)
-// before the walk notices and stops, so `cols` keeps that much headroom.
-constexpr int64_t kMaxCols = (int64_t{1} << 31) - 1 - 16 * kWarpStepEntries;
+// row's column past `cols` by at most one stage of a walk (a few thousand
+// entries x 16) before the walk notices and stops, so `cols` keeps ample
+// headroom below 2^31.
+constexpr int64_t kMaxCols = (int64_t{1} << 31) - (int64_t{1} << 20);
 
 inline void check_cols_fit(int64_t cols) {
   TORCH_CHECK_VALUE(cols <= kMaxCols, "cols = ", cols,
@@ -109,6 +110,14 @@ struct GroupValues {
 #pragma unroll
     for (int w = 0; w < kWords; ++w) words[w] = make_uint4(0, 0, 0, 0);
   }
+  // Zeroes the entries whose bit in `mask` is clear.
+  __device__ __forceinline__ void keep(unsigned mask) {
+    scalar_t* entry = reinterpret_cast<scalar_t*>(words);
+#pragma unroll
+    for (int j = 0; j < kGroupEntries; ++j) {
+      if (!((mask >> j) & 1u)) entry[j] = scalar_t(0);
+    }
+  }
   __device__ __forceinline__ float operator[](int j) const {
     return static_cast<float>(reinterpret_cast<const scalar_t*>(words)[j]);
   }
@@ -125,26 +134,87 @@ __device__ __forceinline__ unsigned group_row_mask(int64_t first, int64_t begin,
   return hi_c > lo_c ? ((1u << hi_c) - 1u) & ~((1u << lo_c) - 1u) : 0u;
 }
 
-// One lane's part of a warp step: from its group's nibbles and row mask,
-// the columns of its 8 entries. `prev_col` is the column of the last entry
-// before this step (-1 at a row's start); it is warp-uniform and advanced
-// past the step. Entries outside the row get no column increment.
-__device__ __forceinline__ void decode_columns(uint32_t nibbles, unsigned mask,
-                                               int lane, int& prev_col,
-                                               int (&col)[kGroupEntries]) {
-  int run = 0;
+// The column steps (delta + 1) of a lane's 8 entries, one byte each: even
+// entries (0, 2, 4, 6) in `even`, odd ones in `odd`. Entries outside the row
+// step by 0, so they repeat a neighbour's column and must be given value 0.
+// Byte arithmetic (SWAR) keeps the decode at a few instructions per group:
+// a row's column offsets within a group are at most 8 * 16 = 128.
+struct GroupSteps {
+  uint32_t even, odd;
+
+  GroupSteps() = default;
+  __device__ __forceinline__ GroupSteps(uint32_t nibbles, unsigned mask) {
+    even = (nibbles & 0x0F0F0F0Fu) + 0x01010101u;
+    odd = ((nibbles >> 4) & 0x0F0F0F0Fu) + 0x01010101u;
+    if (mask != 0xFFu) {  // only a row's first and last groups
+      uint32_t keep_even = 0, keep_odd = 0;
 #pragma unroll
-  for (int j = 0; j < kGroupEntries; ++j) {
-    const int step = ((nibbles >> (4 * j)) & 0xF) + 1;
-    run += ((mask >> j) & 1u) ? step : 0;
-    col[j] = run;
+      for (int k = 0; k < 4; ++k) {
+        keep_even |= ((mask >> (2 * k)) & 1u) * (0xFFu << (8 * k));
+        keep_odd |= ((mask >> (2 * k + 1)) & 1u) * (0xFFu << (8 * k));
+      }
+      even &= keep_even;
+      odd &= keep_odd;
+    }
   }
-  int total;
-  const int before = warp_inclusive_sum(run, lane, total) - run;
-  const int base = prev_col + before;
+
+  // Byte k: offset of entry 2k + 1's column from the lane's base column
+  // (the column before its first entry); byte 3 is the lane's total step.
+  __device__ __forceinline__ uint32_t odd_offsets() const {
+    uint32_t offsets = even + odd;
+    offsets += offsets << 8;
+    offsets += offsets << 16;
+    return offsets;
+  }
+};
+
+template <int k>
+__device__ __forceinline__ int byte_at(uint32_t word) {
+  return static_cast<int>(__byte_perm(word, 0u, 0x4440u + k));
+}
+
+// Base columns of kGroups (1 or 2) consecutive warp steps from the lanes'
+// total steps, with one warp scan: the two totals (each at most 128, so the
+// warp's at most 4096) share one 32-bit word. `prev_col` (warp-uniform, -1
+// at a row's start) moves past both steps.
+template <int kGroups>
+__device__ __forceinline__ void warp_group_bases(const uint32_t (&totals)[kGroups], int lane,
+                                                 int& prev_col, int (&base)[kGroups]) {
+  static_assert(kGroups == 1 || kGroups == 2, "one or two groups per scan");
+  uint32_t packed = totals[0];
+  if constexpr (kGroups == 2) packed |= totals[1] << 16;
+  uint32_t inclusive = packed;
 #pragma unroll
-  for (int j = 0; j < kGroupEntries; ++j) col[j] += base;
-  prev_col += total;
+  for (int offset = 1; offset < kWarpSize; offset <<= 1) {
+    const uint32_t other = __shfl_up_sync(kFullMask, inclusive, offset);
+    if (lane >= offset) inclusive += other;
+  }
+  const uint32_t warp_total = __shfl_sync(kFullMask, inclusive, kWarpSize - 1);
+  const uint32_t exclusive = inclusive - packed;
+  base[0] = prev_col + static_cast<int>(exclusive & 0xFFFFu);
+  if constexpr (kGroups == 2) {
+    base[1] = prev_col + static_cast<int>((warp_total & 0xFFFFu) + (exclusive >> 16));
+    prev_col += static_cast<int>((warp_total & 0xFFFFu) + (warp_total >> 16));
+  } else {
+    prev_col += static_cast<int>(warp_total);
+  }
+}
+
+// Calls visit(j, col) for the lane's 8 entries in order, col = the entry's
+// column (entries outside the row repeat a neighbour's column, or -1 before
+// a row's first entry).
+template <typename Visit>
+__device__ __forceinline__ void for_each_column(const GroupSteps& steps, int base, Visit&& visit) {
+  const uint32_t odd_end = steps.odd_offsets();
+  const uint32_t even_end = odd_end - steps.odd;  // no borrows: byte k >= odd's byte k
+  visit(0, base + byte_at<0>(even_end));
+  visit(1, base + byte_at<0>(odd_end));
+  visit(2, base + byte_at<1>(even_end));
+  visit(3, base + byte_at<1>(odd_end));
+  visit(4, base + byte_at<2>(even_end));
+  visit(5, base + byte_at<2>(odd_end));
+  visit(6, base + byte_at<3>(even_end));
+  visit(7, base + byte_at<3>(odd_end));
 }
 
 }  // namespace cuda
