@@ -1,6 +1,7 @@
 // multiply.cu: y = M x for a MACKO matrix M and up to 16 right-hand sides.
 //
-// Algorithm. One warp per row; a block holds kRowsPerBlock rows. The warp
+// Algorithm. One warp per row at a time, in a persistent grid (each warp
+// takes every total_warps-th row). The warp
 // walks its row's slice of the entry stream in steps of 256 entries (one
 // aligned 8-entry group per lane, see warp_stream.cuh), starting at the
 // group that holds the row's first entry and masking entries of the
@@ -102,20 +103,27 @@ __global__ void __launch_bounds__(kThreads, kBatch >= 8 ? 1 : 2)
                     int batch, scalar_t* __restrict__ y) {
   extern __shared__ uint4 shared_x_words[];
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarpSize;
-  const bool has_row = row < rows;  // warp-uniform
-
-  int64_t begin = 0, end = 0;
-  if (has_row) row_range(row_indices, row, n_entries, begin, end);
+  // The grid is persistent: warp w takes rows w, w + total_warps, ...
+  const int64_t row_stride = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
+  int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarpSize;
   const uint32_t* nibble_words = reinterpret_cast<const uint32_t*>(deltas);
   constexpr int kStageGroups = kUnroll<scalar_t>;
   constexpr int64_t kStageEntries = kStageGroups * kWarpStepEntries;
-  int64_t step = begin & ~(kGroupEntries - 1);
 
+  // The walk over the warp's rows is one pipeline: the stage after the
+  // current one is always in flight, across row boundaries, so short rows
+  // (low density) stream like long ones. `begin`, `end` and `step` describe
+  // the row and position of the stage in flight (`next`).
+  int64_t begin = 0, end = 0, step = 0;
+  Stage<scalar_t> next;
+  auto start_row = [&]() {
+    row_range(row_indices, row, n_entries, begin, end);
+    step = begin & ~(kGroupEntries - 1);
+    next.load(values, nibble_words, step, begin, end, lane);
+  };
   // The first stage's loads go out before the vector is staged, so the
   // stream's latency overlaps the copy.
-  Stage<scalar_t> next;
-  if (has_row) next.load(values, nibble_words, step, begin, end, lane);
+  if (row < rows) start_row();
 
   const scalar_t* x = x_t;
   if constexpr (kSharedX) {
@@ -131,19 +139,23 @@ __global__ void __launch_bounds__(kThreads, kBatch >= 8 ? 1 : 2)
     __syncthreads();
     x = reinterpret_cast<const scalar_t*>(shared_x_words);
   }
-  if (!has_row) return;
 
   float acc[kBatch];
 #pragma unroll
   for (int b = 0; b < kBatch; ++b) acc[b] = 0.0f;
+  int prev_col = -1;  // column of the last entry of the current row so far
 
-  int prev_col = -1;
-  // The walk ends at the row's end, or once every later column would fall
-  // outside the matrix (only a corrupted stream gets there first).
-  while (step < end && prev_col < cols - 1) {
+  while (row < rows) {  // warp-uniform
     Stage<scalar_t> current = next;
-    step += kStageEntries;
-    if (step < end) next.load(values, nibble_words, step, begin, end, lane);
+    const int64_t current_row = row;
+    const bool row_ends = step + kStageEntries >= end;
+    if (row_ends) {
+      row += row_stride;
+      if (row < rows) start_row();
+    } else {
+      step += kStageEntries;
+      next.load(values, nibble_words, step, begin, end, lane);
+    }
 
     GroupSteps steps[kStageGroups];
     uint32_t totals[kStageGroups];
@@ -168,12 +180,24 @@ __global__ void __launch_bounds__(kThreads, kBatch >= 8 ? 1 : 2)
         for (int b = 0; b < kBatch; ++b) acc[b] = fmaf(v, xv[b], acc[b]);
       });
     }
-  }
 
+    // A row also ends once every later column would fall outside the matrix:
+    // only a corrupted stream gets there first, and stopping bounds its walk
+    // by cols entries. The stage of it already in flight is then dropped.
+    const bool overrun = !row_ends && prev_col >= cols - 1;
+    if (row_ends || overrun) {
 #pragma unroll
-  for (int b = 0; b < kBatch; ++b) {
-    const float sum = warp_sum(acc[b]);
-    if (lane == b && b < batch) y[b * rows + row] = static_cast<scalar_t>(sum);
+      for (int b = 0; b < kBatch; ++b) {
+        const float sum = warp_sum(acc[b]);
+        if (lane == b && b < batch) y[b * rows + current_row] = static_cast<scalar_t>(sum);
+        acc[b] = 0.0f;
+      }
+      prev_col = -1;
+      if (overrun) {
+        row += row_stride;
+        if (row < rows) start_row();
+      }
+    }
   }
 }
 
@@ -190,7 +214,14 @@ void launch_multiply(const at::Tensor& values, const at::Tensor& deltas,
   if (shared_bytes > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes));
   }
-  kernel<<<blocks_for(rows, kRowsPerBlock), kThreads, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(
+  // Persistent grid: as many blocks as fit on the GPU at once, fewer if
+  // there are fewer rows than warps.
+  int device, sm_count, blocks_per_sm;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, shared_bytes));
+  const int blocks = std::min(blocks_for(rows, kRowsPerBlock), std::max(1, blocks_per_sm) * sm_count);
+  kernel<<<blocks, kThreads, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(
       values.const_data_ptr<scalar_t>(), deltas.const_data_ptr<uint8_t>(),
       row_indices.const_data_ptr<index_t>(), values.numel(), rows,
       static_cast<int>(cols), x_t.const_data_ptr<scalar_t>(), batch,
