@@ -62,7 +62,9 @@ fi
 
 if has bench; then
   step bench
-  $PYTHON -m macko_spmv bench --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60 || status=1
+  $PYTHON -m macko_spmv bench --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v "it/s\|case/s" | tail -60 || status=1
+  # One archive: the device tool returns at most 8 files.
+  tar -czf "$OUT/bench.tgz" -C "$OUT" bench && rm -r "$OUT/bench"
 fi
 step done
 exit $status

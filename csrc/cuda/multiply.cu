@@ -113,11 +113,23 @@ __global__ void __launch_bounds__(kThreads, kBatch >= 8 ? 1 : 2)
   // The walk over the warp's rows is one pipeline: the stage after the
   // current one is always in flight, across row boundaries, so short rows
   // (low density) stream like long ones. `begin`, `end` and `step` describe
-  // the row and position of the stage in flight (`next`).
+  // the row and position of the stage in flight (`next`). The row pointers
+  // of the warp's next 32 rows are loaded ahead, one row per lane, so that
+  // starting a row waits on no memory access.
+  int64_t lane_begin = 0, lane_end = 0;
+  int pointer_slot = kWarpSize;  // next row's lane in the preloaded pointers
+  auto preload_pointers = [&]() {
+    const int64_t lane_row = row + lane * row_stride;
+    if (lane_row < rows) row_range(row_indices, lane_row, n_entries, lane_begin, lane_end);
+    pointer_slot = 0;
+  };
   int64_t begin = 0, end = 0, step = 0;
   Stage<scalar_t> next;
   auto start_row = [&]() {
-    row_range(row_indices, row, n_entries, begin, end);
+    if (pointer_slot == kWarpSize) preload_pointers();
+    begin = __shfl_sync(kFullMask, lane_begin, pointer_slot);
+    end = __shfl_sync(kFullMask, lane_end, pointer_slot);
+    ++pointer_slot;
     step = begin & ~(kGroupEntries - 1);
     next.load(values, nibble_words, step, begin, end, lane);
   };
@@ -155,6 +167,16 @@ __global__ void __launch_bounds__(kThreads, kBatch >= 8 ? 1 : 2)
     } else {
       step += kStageEntries;
       next.load(values, nibble_words, step, begin, end, lane);
+      // The stage after that one goes to L2 already, a 128-byte line a lane.
+      constexpr int kValuesPerLine = 128 / sizeof(scalar_t);
+      constexpr int kValueLines = kStageEntries / kValuesPerLine;
+      constexpr int kDeltaLines = kStageEntries / 2 / 128;
+      const int64_t ahead = step + kStageEntries;
+      if (lane < kValueLines && ahead + lane * kValuesPerLine < end) {
+        prefetch_l2(values + ahead + lane * kValuesPerLine);
+      } else if (lane >= kWarpSize - kDeltaLines && ahead < end) {
+        prefetch_l2(deltas + ahead / 2 + (kWarpSize - 1 - lane) * 128);
+      }
     }
 
     GroupSteps steps[kStageGroups];
