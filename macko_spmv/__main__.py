@@ -18,9 +18,15 @@ def _info(argv):
     return main(argv)
 
 
+def _e2e(argv):
+    from .e2e import main
+    return main(argv)
+
+
 COMMANDS = {
     "demo": (_demo, "compress a random pruned matrix, check and time the product"),
     "bench": (_bench, "the SpMV benchmark sweep (CSV, plots) against cuBLAS and cuSPARSE"),
+    "e2e": (_e2e, "end-to-end decoding of a pruned Llama-2-7B-shaped model: tokens/s, memory, CSV, plots"),
     "info": (_info, "versions this build was made for, and whether this GPU is covered"),
 }
 
