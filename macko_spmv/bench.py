@@ -97,11 +97,16 @@ class CudaTimer:
         # inside a model, where other layers' weights pass through L2 between
         # two calls of this one.
         self.flush_buffer = torch.empty(2 * self.l2_bytes, dtype=torch.uint8, device=self.device)
+        # Reading a second buffer of the same size after the write pushes the
+        # written (dirty) lines out of L2 before the timed run starts, so the
+        # op does not pay for their write-back: it finds L2 full of clean,
+        # unrelated lines, as it does after the previous layers of a model.
+        self.clean_buffer = torch.ones(2 * self.l2_bytes // 4, dtype=torch.float32, device=self.device)
 
     @property
     def l2_flush(self):
-        return (f"write {self.flush_buffer.numel() / 2**20:.0f} MiB (2x L2) before every timed run, "
-                "then a GPU spin so that host overhead stays out of the time")
+        return (f"write {self.flush_buffer.numel() / 2**20:.0f} MiB (2x L2) before every timed run, then read "
+                "another 2x L2 so no dirty line is left, then a GPU spin so that host overhead stays out of the time")
 
     def median_us(self, op):
         for _ in range(self.warmup):
@@ -111,6 +116,7 @@ class CudaTimer:
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(self.repeats)]
         for start, end in zip(starts, ends):
             self.flush_buffer.zero_()
+            self.clean_buffer.sum()
             # A spin on the GPU lets the host enqueue the op before the
             # start event fires, so the time is the GPU's alone, not the
             # Python and launch overhead (which CUDA graphs remove in real

@@ -32,6 +32,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <type_traits>
 
 #include "warp_stream.cuh"
@@ -55,6 +56,8 @@ constexpr int kUnroll = sizeof(scalar_t) == 2 ? 2 : 1;
 // The largest vector block staged in shared memory: two blocks of kThreads
 // must fit on one SM (227 KB on Hopper) to keep enough warps resident.
 constexpr int64_t kMaxSharedXBytes = 110 * 1024;
+// Default L2 prefetch distance in stages (see prefetch_stages()).
+constexpr int kDefaultPrefetchStages = 1;
 
 // kBatch consecutive scalars of x_t at one column, as floats, in as few
 // loads as their width allows (x_t rows are aligned to their width). x_t is
@@ -100,12 +103,12 @@ struct Stage {
 };
 
 template <typename scalar_t, typename index_t, int kBatch, bool kSharedX>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads, kBatch >= 8 ? 1 : 2)
     multiply_kernel(const scalar_t* __restrict__ values,
                     const uint8_t* __restrict__ deltas,
                     const index_t* __restrict__ row_indices, int64_t n_entries,
                     int64_t rows, int cols, const scalar_t* __restrict__ x_t,
-                    int batch, scalar_t* __restrict__ y) {
+                    int batch, scalar_t* __restrict__ y, int prefetch_stages) {
   extern __shared__ uint4 shared_x_words[];
   const int lane = threadIdx.x % kWarpSize;
   // The grid is persistent: warp w takes rows w, w + total_warps, ...
@@ -130,6 +133,20 @@ __global__ void __launch_bounds__(kThreads, 2)
   };
   int64_t begin = 0, end = 0, step = 0;
   Stage<scalar_t> next;
+  // Stages further ahead than `next` go to L2 (prefetch_stages of them),
+  // one 128-byte line a lane: that costs no registers, so the warp keeps
+  // more of the stream in flight than its registers could hold.
+  auto prefetch_stage = [&](int64_t first) {
+    constexpr int kValuesPerLine = 128 / sizeof(scalar_t);
+    constexpr int kValueLines = kStageEntries / kValuesPerLine;
+    constexpr int kDeltaLines = kStageEntries / 2 / 128;
+    static_assert(kValueLines + kDeltaLines <= kWarpSize, "a stage's lines fit one per lane");
+    if (lane < kValueLines && first + lane * kValuesPerLine < end) {
+      prefetch_l2(values + first + lane * kValuesPerLine);
+    } else if (lane >= kWarpSize - kDeltaLines && first < end) {
+      prefetch_l2(deltas + first / 2 + (kWarpSize - 1 - lane) * 128);
+    }
+  };
   auto start_row = [&]() {
     if (pointer_slot == kWarpSize) preload_pointers();
     begin = __shfl_sync(kFullMask, lane_begin, pointer_slot);
@@ -137,6 +154,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     ++pointer_slot;
     step = begin & ~(kGroupEntries - 1);
     next.load(values, nibble_words, step, begin, end, lane);
+    for (int d = 1; d < prefetch_stages; ++d) prefetch_stage(step + d * kStageEntries);
   };
   // The first stage's loads go out before the vector is staged, so the
   // stream's latency overlaps the copy.
@@ -172,16 +190,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     } else {
       step += kStageEntries;
       next.load(values, nibble_words, step, begin, end, lane);
-      // The stage after that one goes to L2 already, a 128-byte line a lane.
-      constexpr int kValuesPerLine = 128 / sizeof(scalar_t);
-      constexpr int kValueLines = kStageEntries / kValuesPerLine;
-      constexpr int kDeltaLines = kStageEntries / 2 / 128;
-      const int64_t ahead = step + kStageEntries;
-      if (lane < kValueLines && ahead + lane * kValuesPerLine < end) {
-        prefetch_l2(values + ahead + lane * kValuesPerLine);
-      } else if (lane >= kWarpSize - kDeltaLines && ahead < end) {
-        prefetch_l2(deltas + ahead / 2 + (kWarpSize - 1 - lane) * 128);
-      }
+      prefetch_stage(step + prefetch_stages * kStageEntries);
     }
 
     GroupSteps steps[kStageGroups];
@@ -228,6 +237,17 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
+// Stages of the stream each warp has requested into L2 beyond the one in
+// its registers. MACKO_PREFETCH_STAGES overrides it, for tuning runs.
+int prefetch_stages() {
+  static const int stages = [] {
+    const char* text = std::getenv("MACKO_PREFETCH_STAGES");
+    const int value = text ? std::atoi(text) : kDefaultPrefetchStages;
+    return value < 1 ? 1 : (value > 8 ? 8 : value);
+  }();
+  return stages;
+}
+
 template <typename scalar_t, typename index_t, int kBatch>
 void launch_multiply(const at::Tensor& values, const at::Tensor& deltas,
                      const at::Tensor& row_indices, int64_t rows, int64_t cols,
@@ -252,7 +272,7 @@ void launch_multiply(const at::Tensor& values, const at::Tensor& deltas,
       values.const_data_ptr<scalar_t>(), deltas.const_data_ptr<uint8_t>(),
       row_indices.const_data_ptr<index_t>(), values.numel(), rows,
       static_cast<int>(cols), x_t.const_data_ptr<scalar_t>(), batch,
-      y.mutable_data_ptr<scalar_t>());
+      y.mutable_data_ptr<scalar_t>(), prefetch_stages());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
