@@ -6,8 +6,10 @@
 #   scripts/gpu_check.sh                    # build, tests, sanitizer
 #   STAGES="build bench" BENCH_ARGS="--shapes 8192x8192" scripts/gpu_check.sh
 #
-# Stages: build, test, sanitize, bench (BENCH_ARGS are passed to
-# `python -m macko_spmv bench`), demo.
+# Stages: build, test, sanitize, demo, bench (BENCH_ARGS are passed to
+# `python -m macko_spmv bench`), batch (BATCH_ARGS: the batch and dtype
+# sweep), compress (benchmarks/compress.py, COMPRESS_ARGS). Measured data
+# lands in $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -62,9 +64,22 @@ fi
 
 if has bench; then
   step bench
-  $PYTHON -m macko_spmv bench --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v "it/s\|case/s" | tail -60 || status=1
-  # One archive: the device tool returns at most 8 files.
-  tar -czf "$OUT/bench.tgz" -C "$OUT" bench && rm -r "$OUT/bench"
+  $PYTHON -m macko_spmv bench --out "$OUT/results/spmv" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v "it/s\|case/s" | tail -80 || status=1
+fi
+
+if has batch; then
+  step batch
+  $PYTHON -m macko_spmv bench --out "$OUT/results/batch" ${BATCH_ARGS:---shapes 8192x8192,28672x8192 --densities 0.5,0.1 --dtypes float16,bfloat16,float32 --batch 1,2,4,8,16,32} 2>&1 | tee "$OUT/batch.log" | grep -v "it/s\|case/s" | tail -80 || status=1
+fi
+
+if has compress; then
+  step compress
+  $PYTHON benchmarks/compress.py --out "$OUT/results/compress-gpu" ${COMPRESS_ARGS:-} 2>&1 | tee "$OUT/compress.log" | tail -30 || status=1
+fi
+
+# One archive of everything measured: the device tool returns at most 8 files.
+if [ -d "$OUT/results" ]; then
+  tar -czf "$OUT/results.tgz" -C "$OUT" results && rm -r "$OUT/results"
 fi
 step done
 exit $status
