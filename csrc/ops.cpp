@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "macko.h"
 
 // The module only has to exist so that `import macko_spmv._C` loads this
@@ -27,6 +29,13 @@ std::string build_info() {
   info += ";cuda=" MACKO_CUDA_VERSION ";arch=" MACKO_CUDA_ARCHS;
 #else
   info += ";cuda=none";
+#endif
+  // Whether the CPU ops run in parallel: at::parallel_for is inline and
+  // only parallel in code compiled with OpenMP.
+#ifdef _OPENMP
+  info += ";openmp=1";
+#else
+  info += ";openmp=0";
 #endif
   return info;
 }
@@ -53,18 +62,35 @@ void validate(const at::Tensor& values, const at::Tensor& deltas,
                     " stored entries need a stream of ", padded_entries(n),
                     " values (a multiple of ", kGroupEntries, "), got ", n_padded);
   if (n_padded == 0) return;
-  const at::Tensor nibbles =
-      at::stack({deltas.bitwise_and(0xF), deltas.bitwise_right_shift(4)}, 1).reshape({n_padded});
+  // Entries [first, first + count) of deltas, one nibble per element.
+  const auto nibbles = [&](int64_t first, int64_t count) {
+    const at::Tensor bytes = deltas.narrow(0, first / 2, (first + count + 1) / 2 - first / 2);
+    return at::stack({bytes.bitwise_and(0xF), bytes.bitwise_right_shift(4)}, 1)
+        .reshape({-1})
+        .narrow(0, first % 2, count);
+  };
   TORCH_CHECK_VALUE(values.narrow(0, n, n_padded - n).eq(0).all().item<bool>() &&
-                        nibbles.narrow(0, n, n_padded - n).eq(0).all().item<bool>(),
+                        nibbles(n, n_padded - n).eq(0).all().item<bool>(),
                     "the ", n_padded - n, " padding entries after the last row must have value 0 ",
                     "and delta 0");
   if (rows == 0) return;
   // A row spans (sum over its entries of delta + 1) columns; it must fit.
-  const at::Tensor column_steps = (nibbles.narrow(0, 0, n).to(at::kLong) + 1).cumsum(0);
-  const at::Tensor ends = at::cat({at::zeros({1}, column_steps.options()), column_steps});
-  const at::Tensor spans = ends.index_select(0, starts.narrow(0, 1, rows)) -
-                           ends.index_select(0, starts.narrow(0, 0, rows));
+  // The sums are taken a chunk of entries at a time, so the scratch stays
+  // bounded (~40 bytes per entry of a chunk) however long the stream is:
+  // ends[i] = the steps of the chunk's first i entries, and each row adds
+  // the steps of its part of the chunk.
+  constexpr int64_t kChunk = int64_t{1} << 22;
+  const at::Tensor row_begin = starts.narrow(0, 0, rows);
+  const at::Tensor row_end = starts.narrow(0, 1, rows);
+  at::Tensor spans = at::zeros({rows}, starts.options());
+  for (int64_t first = 0; first < n; first += kChunk) {
+    const int64_t count = std::min(kChunk, n - first);
+    const at::Tensor steps = nibbles(first, count).to(at::kLong) + 1;
+    const at::Tensor ends = at::cat({at::zeros({1}, steps.options()), steps.cumsum(0)});
+    const at::Tensor lo = row_begin.clamp(first, first + count) - first;
+    const at::Tensor hi = row_end.clamp(first, first + count) - first;
+    spans += ends.index_select(0, hi) - ends.index_select(0, lo);
+  }
   const at::Tensor overflow = (spans > cols).nonzero();
   TORCH_CHECK_VALUE(overflow.numel() == 0, "row ",
                     overflow.numel() ? overflow[0][0].item<int64_t>() : 0,
@@ -83,6 +109,9 @@ TORCH_LIBRARY(macko_spmv, m) {
       "validate(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
       "int cols) -> ()");
   m.def("build_info() -> str", &build_info);
+  // Benchmark baseline only (csrc/cpu/reference_compress.cpp): the encoder
+  // as a plain single-threaded loop. CPU only; not part of the API.
+  m.def("_compress_reference(Tensor dense) -> (Tensor values, Tensor deltas, Tensor row_indices)");
 }
 
 TORCH_LIBRARY_IMPL(macko_spmv, CompositeExplicitAutograd, m) {

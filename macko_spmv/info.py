@@ -17,10 +17,26 @@ def compiled_archs(arch_list):
     return archs, ptx
 
 
+def build_config():
+    """macko_spmv/_build_config.py (written by setup.py), or None."""
+    try:
+        from . import _build_config
+    except ImportError:
+        return None
+    return _build_config
+
+
 def main(argv=None):
     info = ops.build_info()
-    print(f"macko-spmv {__version__}")
+    config = build_config()
+    if config is None:
+        print(f"macko-spmv {__version__}")
+    else:
+        print(f"macko-spmv {config.VERSION} (variant {config.VARIANT}, requires {config.TORCH_REQUIREMENT})")
     print(f"built with torch {info['torch']}, CUDA {info['cuda']}")
+    if config is not None and (config.TORCH_VERSION, config.CUDA_VERSION or "none") != (info["torch"], info["cuda"]):
+        print(f"warning: macko_spmv/_build_config.py records torch {config.TORCH_VERSION}, CUDA "
+              f"{config.CUDA_VERSION}: stale, from another build; rebuild")
     print(f"running with torch {torch.__version__}, CUDA {torch.version.cuda}")
     if info["cuda"] == "none":
         print("GPU kernels: not built (CPU-only extension)")

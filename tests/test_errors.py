@@ -114,3 +114,21 @@ def test_raw_ops_with_corrupted_contents_stay_in_bounds(device, gen):
             assert y.shape == (4, 40) and d.shape == (40, 300)
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def test_validate_long_stream(device, gen):
+    """validate sums each row's column steps a chunk of 2**22 entries at a
+    time: a row that straddles a chunk boundary, and one in a later chunk."""
+    M = random_pruned(2500, 2000, 0.9, torch.float16, gen).to(device)
+    A = macko_spmv.compress(M)
+    assert A.stored_entries > 2**22
+    macko_spmv.MackoMatrix(*A)  # validates
+    starts = A.row_indices.cpu().long()
+    straddling = int(torch.searchsorted(starts, torch.tensor([2**22]), right=True).item()) - 1
+    assert starts[straddling] < 2**22 < starts[straddling + 1]
+    for row in (straddling, 2400):
+        k0, k1 = int(starts[row]), int(starts[row + 1])
+        deltas = A.deltas.clone()
+        deltas[(k0 + 1) // 2 : k1 // 2] = 0xFF  # every gap of the row 15: ~1800 x 16 columns
+        with pytest.raises(ValueError, match=f"row {row}'s deltas run past the last column"):
+            macko_spmv.MackoMatrix(A.values, deltas, A.row_indices, A.rows, A.cols)

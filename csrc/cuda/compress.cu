@@ -125,11 +125,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// deltas[i] = entry_deltas[2i] | entry_deltas[2i + 1] << 4
+// deltas[i] = entry_deltas[2i] | entry_deltas[2i + 1] << 4, grid-stride
+// (the grid is capped, so any stream length fits in a launch).
 __global__ void pack_nibbles_kernel(const uint8_t* __restrict__ entry_deltas,
                                     int64_t n_bytes, uint8_t* __restrict__ deltas) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n_bytes) deltas[i] = entry_deltas[2 * i] | (entry_deltas[2 * i + 1] << 4);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n_bytes;
+       i += stride) {
+    deltas[i] = entry_deltas[2 * i] | (entry_deltas[2 * i + 1] << 4);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_cuda(const at::Tensor& dense_in) {
@@ -170,7 +174,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_cuda(const at::Tensor& d
     deltas = at::empty({n_padded / 2}, entry_deltas.options());
     if (n_padded > 0) {
       constexpr int kPackThreads = 256;
-      pack_nibbles_kernel<<<blocks_for(n_padded / 2, kPackThreads), kPackThreads, 0, stream>>>(
+      constexpr int64_t kMaxPackBlocks = int64_t{1} << 20;
+      const int pack_blocks =
+          static_cast<int>(std::min<int64_t>((n_padded / 2 + kPackThreads - 1) / kPackThreads, kMaxPackBlocks));
+      pack_nibbles_kernel<<<pack_blocks, kPackThreads, 0, stream>>>(
           entry_deltas.const_data_ptr<uint8_t>(), n_padded / 2, deltas.mutable_data_ptr<uint8_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

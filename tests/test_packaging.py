@@ -1,0 +1,228 @@
+"""The build record, the torch pin, the import-time version check and
+`python -m macko_spmv info`.
+
+setup.py writes macko_spmv/_build_config.py (torch, CUDA, architectures of
+the build) and pins torch==X.Y.*; macko_spmv.ops compares the record with the
+installed torch before loading _C. The mismatch cases are checked on made-up
+records, so the real import is left alone.
+"""
+
+import importlib
+import importlib.metadata
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import macko_spmv
+from macko_spmv import info, ops
+
+INDEX = "https://example.org/macko/whl"
+
+
+def record(**changes):
+    """A build record like setup.py writes, for a cu126 wheel of torch 2.14."""
+    values = dict(
+        VERSION="0.1.0+cu126", VARIANT="cu126", TORCH_VERSION="2.14.1+cu126", TORCH_REQUIREMENT="torch==2.14.*",
+        WITH_CUDA=True, CUDA_VERSION="12.6", CUDA_ARCH_LIST="7.5;8.0;8.6;8.9;9.0+PTX", WHEEL_INDEX=INDEX,
+        WHEEL_VARIANTS=("cpu", "cu126", "cu128", "cu130"),
+    )
+    values.update(changes)
+    return types.SimpleNamespace(**values)
+
+
+def cpu_record(**changes):
+    return record(**{"VERSION": "0.1.0+cpu", "VARIANT": "cpu", "TORCH_VERSION": "2.14.1+cpu", "WITH_CUDA": False,
+                     "CUDA_VERSION": None, "CUDA_ARCH_LIST": None, **changes})
+
+
+def real_record():
+    try:
+        return importlib.import_module("macko_spmv._build_config")
+    except ImportError:
+        pytest.skip("this build has no macko_spmv/_build_config.py (made by an older setup.py)")
+
+
+# --- what can load with what ---------------------------------------------------
+
+
+@pytest.mark.parametrize("torch_version, torch_cuda", [
+    ("2.14.1+cu126", "12.6"),
+    ("2.14.0", "12.8"),            # another patch release, a later CUDA 12 minor
+    ("2.14.2+cu124", "12.4"),      # an earlier CUDA 12 minor: same runtime major
+])  # fmt: skip
+def test_same_torch_release_and_cuda_major_load(torch_version, torch_cuda):
+    assert ops._build_mismatch(record(), torch_version, torch_cuda) is None
+
+
+@pytest.mark.parametrize("torch_version, torch_cuda", [("2.14.1+cpu", None), ("2.14.1+cu130", "13.0")])
+def test_cpu_build_loads_with_any_variant_of_its_torch(torch_version, torch_cuda):
+    assert ops._build_mismatch(cpu_record(), torch_version, torch_cuda) is None
+
+
+def test_other_torch_release_names_the_torch_needed_and_the_source_build():
+    message = ops._build_mismatch(record(), "2.15.0+cu126", "12.6")
+    assert "macko-spmv 0.1.0+cu126" in message and "torch 2.14.1+cu126" in message
+    assert "installed torch 2.15.0+cu126" in message
+    assert 'pip install "torch==2.14.*" --index-url https://download.pytorch.org/whl/cu126' in message
+    assert "pip install --no-build-isolation" in message
+    # Older torch too, and a CPU build the same way.
+    assert "torch==2.14.*" in ops._build_mismatch(record(), "2.13.0", "12.6")
+    assert "whl/cpu" in ops._build_mismatch(cpu_record(), "2.15.0+cpu", None)
+
+
+def test_other_cuda_major_points_to_the_matching_wheel():
+    message = ops._build_mismatch(record(), "2.14.1+cu130", "13.0")
+    assert "CUDA 12 runtime" in message and "(CUDA 13.0)" in message
+    assert f'pip install --no-deps --force-reinstall "macko-spmv==0.1.0" --index-url {INDEX}/cu130' in message
+    assert "--no-build-isolation" in message
+    assert message.endswith('or install the torch it was built for: pip install "torch==2.14.*" '
+                            "--index-url https://download.pytorch.org/whl/cu126")
+    message = ops._build_mismatch(record(VERSION="0.1.0", VARIANT="cu130", CUDA_VERSION="13.0"), "2.14.1", "12.8")
+    assert f"--index-url {INDEX}/cu128" in message
+
+
+def test_cuda_build_with_cpu_torch_points_to_the_cpu_wheel():
+    message = ops._build_mismatch(record(), "2.14.1+cpu", None)
+    assert "a CPU-only build" in message and "CUDA 12.x" in message
+    assert f"--index-url {INDEX}/cpu" in message
+
+
+def test_without_a_wheel_index_only_the_source_build_is_offered():
+    message = ops._build_mismatch(record(WHEEL_INDEX=None, WHEEL_VARIANTS=()), "2.14.1+cu130", "13.0")
+    assert f"--index-url {INDEX}" not in message
+    assert message.splitlines()[1].startswith("Build macko-spmv from source against your torch: pip install")
+
+
+@pytest.mark.parametrize("torch_cuda, wheel", [
+    ("12.6", "cu126"), ("12.8", "cu128"), ("12.9", "cu128"),  # the newest not newer than torch's
+    ("12.4", "cu126"),  # only newer ones: the oldest of those
+    ("13.2", "cu130"), ("11.8", None), (None, "cpu"),
+])  # fmt: skip
+def test_wheel_for_a_torch_cuda(torch_cuda, wheel):
+    assert ops._wheel_for(record(), torch_cuda) == wheel
+    assert ops._wheel_for(record(WHEEL_VARIANTS=()), torch_cuda) is None
+
+
+# --- the check at import ---------------------------------------------------------
+
+
+def test_check_reads_the_record_and_the_installed_torch(monkeypatch):
+    monkeypatch.setitem(sys.modules, "macko_spmv._build_config", record())
+    monkeypatch.setattr(torch, "__version__", "2.14.1+cu126")
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    ops._check_build()  # matches: no error
+    monkeypatch.setattr(torch, "__version__", "2.15.1+cu126")
+    with pytest.raises(ImportError, match=r"torch==2\.14\.\*"):
+        ops._check_build()
+    monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    with pytest.raises(ImportError, match=r"CUDA 12 runtime"):
+        ops._check_build()
+
+
+def test_the_real_record_matches_the_running_torch():
+    real_record()
+    ops._check_build()
+
+
+def test_import_fails_before_loading_the_extension():
+    """A fresh interpreter whose record says torch 1.0 (planted in sys.modules,
+    the installed files untouched): `import macko_spmv` raises the message
+    and never loads _C."""
+    script = (
+        "import sys, types\n"
+        "fake = types.ModuleType('macko_spmv._build_config')\n"
+        "fake.__dict__.update(VERSION='0.1.0', VARIANT='cpu', TORCH_VERSION='1.0.0',\n"
+        "                     TORCH_REQUIREMENT='torch==1.0.*', WITH_CUDA=False, CUDA_VERSION=None,\n"
+        "                     CUDA_ARCH_LIST=None, WHEEL_INDEX=None)\n"
+        "sys.modules['macko_spmv._build_config'] = fake\n"
+        "try:\n"
+        "    import macko_spmv\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+        "    print('_C loaded:', 'macko_spmv._C' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "torch==1.0.*" in out.stdout and f"installed torch {torch.__version__}" in out.stdout
+    assert "_C loaded: False" in out.stdout
+
+
+# --- the build record and the installed metadata ---------------------------------
+
+
+def test_record_matches_the_compiled_extension():
+    config, compiled = real_record(), ops.build_info()
+    assert config.TORCH_VERSION == compiled["torch"]
+    assert (config.CUDA_VERSION or "none") == compiled["cuda"]
+    assert config.WITH_CUDA == (config.CUDA_VERSION is not None)
+    assert config.CUDA_ARCH_LIST == compiled.get("arch")
+    assert config.VERSION.split("+")[0] == macko_spmv.__version__
+    assert config.TORCH_REQUIREMENT == "torch==%d.%d.*" % ops._release(config.TORCH_VERSION)
+    if "+" in config.VERSION:
+        assert config.VERSION.endswith("+" + config.VARIANT)
+
+
+def test_installed_metadata_pins_the_torch_release():
+    try:
+        requires = importlib.metadata.requires("macko-spmv") or []
+        version = importlib.metadata.version("macko-spmv")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("macko-spmv is not installed (run from the source tree)")
+    major, minor = ops._release(torch.__version__)
+    assert f"torch=={major}.{minor}.*" in requires, requires
+    assert version.split("+")[0] == macko_spmv.__version__
+
+
+# --- python -m macko_spmv info -----------------------------------------------------
+
+
+def test_info_prints_versions_and_build(capsys):
+    assert info.main([]) == 0
+    out = capsys.readouterr().out.splitlines()
+    config, compiled = info.build_config(), ops.build_info()
+    version = config.VERSION if config else macko_spmv.__version__
+    assert out[0].startswith(f"macko-spmv {version}")
+    if config:
+        assert f"variant {config.VARIANT}, requires {config.TORCH_REQUIREMENT}" in out[0]
+    assert f"built with torch {compiled['torch']}, CUDA {compiled['cuda']}" in out
+    assert f"running with torch {torch.__version__}, CUDA {torch.version.cuda}" in out
+    assert not any(line.startswith("warning") for line in out)
+
+
+def test_info_reports_gpu_coverage(capsys, monkeypatch):
+    monkeypatch.setattr(info, "build_config", lambda: record(VERSION="0.1.0+cu128", VARIANT="cu128",
+                                                            TORCH_VERSION="2.14.1+cu128", CUDA_VERSION="12.8",
+                                                            CUDA_ARCH_LIST="8.0;9.0+PTX"))
+    monkeypatch.setattr(ops, "build_info", lambda: {"torch": "2.14.1+cu128", "cuda": "12.8", "arch": "8.0;9.0+PTX"})
+    gpus = [(8, 6), (9, 0), (7, 5), (12, 0)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: gpus[index])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"gpu{index}")
+    assert info.main([]) == 0
+    out = capsys.readouterr().out
+    assert "macko-spmv 0.1.0+cu128 (variant cu128, requires torch==2.14.*)" in out
+    assert "GPU architectures: 8.0;9.0+PTX" in out
+    assert "GPU 0: gpu0 (compute capability 8.6): covered" in out  # sm_80 code
+    assert "GPU 1: gpu1 (compute capability 9.0): covered" in out
+    assert "GPU 2: gpu2 (compute capability 7.5): NOT covered" in out
+    assert "GPU 3: gpu3 (compute capability 12.0): covered" in out  # compute_90 PTX
+
+
+def test_info_flags_a_stale_record(capsys, monkeypatch):
+    monkeypatch.setattr(info, "build_config", lambda: record())
+    monkeypatch.setattr(ops, "build_info", lambda: {"torch": "2.14.1+cpu", "cuda": "none"})
+    info.main([])
+    out = capsys.readouterr().out
+    assert "warning:" in out and "stale" in out
+    assert "GPU kernels: not built (CPU-only extension)" in out
+
+
+def test_python_dash_m_info_runs():
+    out = subprocess.run([sys.executable, "-m", "macko_spmv", "info"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("macko-spmv ") and "built with torch" in out.stdout
