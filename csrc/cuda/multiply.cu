@@ -1,5 +1,5 @@
 // multiply.cu: y = M x for a MACKO matrix M and up to 8 right-hand sides
-// (more go through a dense scratch matrix and cuBLAS, see kMaxBatch).
+// per pass over the matrix (larger batches go in chunks, see kMaxBatch).
 //
 // Algorithm. One warp per row at a time, in a persistent grid (each warp
 // takes every total_warps-th row). The warp
@@ -29,7 +29,6 @@
 // one is consumed (and the first before x is staged), so every warp always
 // has a stage of the stream on its way. The stream itself is read exactly
 // once with coalesced 16-byte loads that skip L1.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -43,10 +42,10 @@ namespace {
 
 constexpr int kRowsPerBlock = 16;
 constexpr int kThreads = kRowsPerBlock * kWarpSize;
-// The widest batch the sparse kernel takes. Past it the per-entry work (one
-// FMA per right-hand side) outgrows the bytes saved, and the product goes
-// through a dense scratch copy of the matrix and cuBLAS instead (measured
-// crossover: benchmarks/results, README "Batches").
+// The widest batch one kernel pass takes; larger batches go in chunks of it,
+// one pass over the matrix each. (Wider kernels spill registers or lose the
+// vector's shared-memory copy; a dense scratch + cuBLAS route measured 3-12x
+// slower than chunks, its decompress being the cost: benchmarks/NOTES.md.)
 constexpr int kMaxBatch = 8;
 // Groups each lane has in flight per stage of the pipelined walk: two for
 // 16-bit values; one for fp32, whose groups are twice as wide (two stages
@@ -299,33 +298,30 @@ at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_i
                          : at::empty({rows}, values.options());
   if (batch == 0 || rows == 0) return y;
 
-  if (batch > kMaxBatch) {
-    static const auto decompress_op = c10::Dispatcher::singleton()
-        .findSchemaOrThrow("macko_spmv::decompress", "")
-        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t)>();
-    const at::Tensor dense = decompress_op.call(values, deltas, row_indices, rows, cols);
-    at::matmul_out(y, x_in, dense.t());
-    return y;
-  }
-
-  const int width = kernel_batch(batch);
-  at::Tensor x_t;
-  if (width == 1) {
-    x_t = aligned16((batched ? x_in[0] : x_in).contiguous());
-  } else {
-    x_t = at::zeros({cols, width}, x_in.options());
-    x_t.narrow(1, 0, batch).copy_(x_in.t());
-  }
-  MACKO_DISPATCH_VALUE_TYPES(values.scalar_type(), "macko_multiply_cuda", [&] {
-    MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
-      switch (width) {
-        case 1: launch_multiply<scalar_t, index_t, 1>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
-        case 2: launch_multiply<scalar_t, index_t, 2>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
-        case 4: launch_multiply<scalar_t, index_t, 4>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
-        default: launch_multiply<scalar_t, index_t, 8>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
-      }
+  // Right-hand sides in chunks of at most kMaxBatch, each chunk one pass
+  // over the matrix.
+  for (int64_t b0 = 0; b0 < batch; b0 += kMaxBatch) {
+    const int64_t nb = std::min<int64_t>(kMaxBatch, batch - b0);
+    const int width = kernel_batch(nb);
+    at::Tensor x_t;
+    if (width == 1) {
+      x_t = aligned16((batched ? x_in[b0] : x_in).contiguous());
+    } else {
+      x_t = at::zeros({cols, width}, x_in.options());
+      x_t.narrow(1, 0, nb).copy_(x_in.narrow(0, b0, nb).t());
+    }
+    at::Tensor y_chunk = batched ? y.narrow(0, b0, nb) : y;
+    MACKO_DISPATCH_VALUE_TYPES(values.scalar_type(), "macko_multiply_cuda", [&] {
+      MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
+        switch (width) {
+          case 1: launch_multiply<scalar_t, index_t, 1>(values, deltas, row_indices, rows, cols, x_t, nb, y_chunk); break;
+          case 2: launch_multiply<scalar_t, index_t, 2>(values, deltas, row_indices, rows, cols, x_t, nb, y_chunk); break;
+          case 4: launch_multiply<scalar_t, index_t, 4>(values, deltas, row_indices, rows, cols, x_t, nb, y_chunk); break;
+          default: launch_multiply<scalar_t, index_t, 8>(values, deltas, row_indices, rows, cols, x_t, nb, y_chunk); break;
+        }
+      });
     });
-  });
+  }
   return y;
 }
 
