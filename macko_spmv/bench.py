@@ -571,7 +571,7 @@ def main(argv=None):
 
 def write_json(path, content):
     with open(path, "w") as file:
-        json.dump(content, file, indent=2)
+        json.dump(content, file, indent=2, default=str)
         file.write("\n")
 
 

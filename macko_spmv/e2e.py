@@ -83,7 +83,7 @@ from torch import nn
 
 import macko_spmv
 
-from .bench import cpu_name, nvidia_driver_version, slug, unique
+from .bench import cpu_name, nvidia_driver_version, read_meta, slug, unique, write_json
 
 # --------------------------------------------------------------------------
 # Model configurations
@@ -820,10 +820,6 @@ def equivalent_command(argv):
     return shlex.join(["python", "-m", "macko_spmv", "e2e", *argv])
 
 
-def write_json(path, content):
-    with open(path, "w") as file:
-        json.dump(content, file, indent=2, default=str)
-        file.write("\n")
 
 
 def csv_value(value):
@@ -962,12 +958,6 @@ def read_results(results_dir):
     return rows
 
 
-def read_meta(results_dir):
-    path = os.path.join(results_dir, "meta.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as file:
-        return json.load(file)
 
 
 def group_key(row):
