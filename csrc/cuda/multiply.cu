@@ -2,13 +2,15 @@
 // per pass over the matrix (larger batches go in chunks, see kMaxBatch).
 //
 // Algorithm. One warp per row at a time, in a persistent grid (each warp
-// takes every total_warps-th row). The warp
-// walks its row's slice of the entry stream in steps of 256 entries (one
-// aligned 8-entry group per lane, see warp_stream.cuh), starting at the
-// group that holds the row's first entry and masking entries of the
-// neighbouring rows. Columns come from a warp prefix sum of the 4-bit gaps.
-// Each lane multiplies its entries by the gathered vector elements into fp32
-// accumulators; a butterfly reduction gives the row's sums.
+// takes every total_warps-th row, and preloads the row pointers of its next
+// 32 rows, one per lane). The warp walks its row's slice of the entry stream
+// in stages of kUnroll x 256 entries (one aligned 8-entry group per lane and
+// step, see warp_stream.cuh), starting at the group that holds the row's
+// first entry and masking entries of the neighbouring rows. Columns are a
+// prefix sum of the gaps: byte arithmetic within a lane's group, one warp
+// scan per stage across lanes. Each lane multiplies its entries by the
+// gathered vector elements into fp32 accumulators; a butterfly reduction
+// gives the row's sums.
 //
 // Data layout. values and deltas are the format's arrays, read with
 // 16-byte (values) and 4-byte (deltas) streaming loads. With one right-hand
@@ -19,16 +21,19 @@
 // memory when it fits (kMaxSharedXBytes).
 //
 // Why it is fast. SpMV at these densities moves ~2.5 bytes per stored entry
-// and does 2 flops on it: it is bound by memory bandwidth, provided two
+// and does 2 flops on it: it is bound by memory bandwidth, provided three
 // other costs stay hidden. (1) The gather of x: at one unrolled index j the
 // 32 lanes hold entries 8 apart, whose columns spread over up to 32 cache
 // lines, so a gather from global memory costs up to 32 L1 wavefronts per
 // instruction; from shared memory it costs only the bank conflicts of 32
-// random columns (about 3-4 ways). (2) Latency: each lane keeps kUnroll
-// groups in flight, and the next stage's loads are issued before the current
-// one is consumed (and the first before x is staged), so every warp always
-// has a stage of the stream on its way. The stream itself is read exactly
-// once with coalesced 16-byte loads that skip L1.
+// random columns (about 3-4 ways). (2) Instructions: at full bandwidth an SM
+// has under one warp-instruction per entry to spend, hence the byte-wise
+// decode, a clamp instead of branches, and one scan per two groups. (3)
+// Latency: the next stage's loads are issued before the current one is
+// consumed, across row boundaries (and the first before x is staged), and
+// the stage after it is requested into L2. The stream is read exactly once
+// with coalesced 16-byte loads that skip L1. Measured results and what still
+// limits the kernel: benchmarks/NOTES.md.
 #include <torch/library.h>
 
 #include <cstdlib>
