@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import macko_spmv
-from macko_spmv import info, ops
+from macko_spmv import _build_check, info, ops
 
 INDEX = "https://example.org/macko/whl"
 
@@ -54,44 +54,44 @@ def real_record():
     ("2.14.2+cu124", "12.4"),      # an earlier CUDA 12 minor: same runtime major
 ])  # fmt: skip
 def test_same_torch_release_and_cuda_major_load(torch_version, torch_cuda):
-    assert ops._build_mismatch(record(), torch_version, torch_cuda) is None
+    assert _build_check._build_mismatch(record(), torch_version, torch_cuda) is None
 
 
 @pytest.mark.parametrize("torch_version, torch_cuda", [("2.14.1+cpu", None), ("2.14.1+cu130", "13.0")])
 def test_cpu_build_loads_with_any_variant_of_its_torch(torch_version, torch_cuda):
-    assert ops._build_mismatch(cpu_record(), torch_version, torch_cuda) is None
+    assert _build_check._build_mismatch(cpu_record(), torch_version, torch_cuda) is None
 
 
 def test_other_torch_release_names_the_torch_needed_and_the_source_build():
-    message = ops._build_mismatch(record(), "2.15.0+cu126", "12.6")
+    message = _build_check._build_mismatch(record(), "2.15.0+cu126", "12.6")
     assert "macko-spmv 0.1.0+cu126" in message and "torch 2.14.1+cu126" in message
     assert "installed torch 2.15.0+cu126" in message
     assert 'pip install "torch==2.14.*" --index-url https://download.pytorch.org/whl/cu126' in message
     assert "pip install --no-build-isolation" in message
     # Older torch too, and a CPU build the same way.
-    assert "torch==2.14.*" in ops._build_mismatch(record(), "2.13.0", "12.6")
-    assert "whl/cpu" in ops._build_mismatch(cpu_record(), "2.15.0+cpu", None)
+    assert "torch==2.14.*" in _build_check._build_mismatch(record(), "2.13.0", "12.6")
+    assert "whl/cpu" in _build_check._build_mismatch(cpu_record(), "2.15.0+cpu", None)
 
 
 def test_other_cuda_major_points_to_the_matching_wheel():
-    message = ops._build_mismatch(record(), "2.14.1+cu130", "13.0")
+    message = _build_check._build_mismatch(record(), "2.14.1+cu130", "13.0")
     assert "CUDA 12 runtime" in message and "(CUDA 13.0)" in message
     assert f'pip install --no-deps --force-reinstall "macko-spmv==0.1.0" --index-url {INDEX}/cu130' in message
     assert "--no-build-isolation" in message
     assert message.endswith('or install the torch it was built for: pip install "torch==2.14.*" '
                             "--index-url https://download.pytorch.org/whl/cu126")
-    message = ops._build_mismatch(record(VERSION="0.1.0", VARIANT="cu130", CUDA_VERSION="13.0"), "2.14.1", "12.8")
+    message = _build_check._build_mismatch(record(VERSION="0.1.0", VARIANT="cu130", CUDA_VERSION="13.0"), "2.14.1", "12.8")
     assert f"--index-url {INDEX}/cu128" in message
 
 
 def test_cuda_build_with_cpu_torch_points_to_the_cpu_wheel():
-    message = ops._build_mismatch(record(), "2.14.1+cpu", None)
+    message = _build_check._build_mismatch(record(), "2.14.1+cpu", None)
     assert "a CPU-only build" in message and "CUDA 12.x" in message
     assert f"--index-url {INDEX}/cpu" in message
 
 
 def test_without_a_wheel_index_only_the_source_build_is_offered():
-    message = ops._build_mismatch(record(WHEEL_INDEX=None, WHEEL_VARIANTS=()), "2.14.1+cu130", "13.0")
+    message = _build_check._build_mismatch(record(WHEEL_INDEX=None, WHEEL_VARIANTS=()), "2.14.1+cu130", "13.0")
     assert f"--index-url {INDEX}" not in message
     assert message.splitlines()[1].startswith("Build macko-spmv from source against your torch: pip install")
 
@@ -102,8 +102,8 @@ def test_without_a_wheel_index_only_the_source_build_is_offered():
     ("13.2", "cu130"), ("11.8", None), (None, "cpu"),
 ])  # fmt: skip
 def test_wheel_for_a_torch_cuda(torch_cuda, wheel):
-    assert ops._wheel_for(record(), torch_cuda) == wheel
-    assert ops._wheel_for(record(WHEEL_VARIANTS=()), torch_cuda) is None
+    assert _build_check._wheel_for(record(), torch_cuda) == wheel
+    assert _build_check._wheel_for(record(WHEEL_VARIANTS=()), torch_cuda) is None
 
 
 # --- the check at import ---------------------------------------------------------
@@ -113,19 +113,19 @@ def test_check_reads_the_record_and_the_installed_torch(monkeypatch):
     monkeypatch.setitem(sys.modules, "macko_spmv._build_config", record())
     monkeypatch.setattr(torch, "__version__", "2.14.1+cu126")
     monkeypatch.setattr(torch.version, "cuda", "12.6")
-    ops._check_build()  # matches: no error
+    _build_check.check_build()  # matches: no error
     monkeypatch.setattr(torch, "__version__", "2.15.1+cu126")
     with pytest.raises(ImportError, match=r"torch==2\.14\.\*"):
-        ops._check_build()
+        _build_check.check_build()
     monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     with pytest.raises(ImportError, match=r"CUDA 12 runtime"):
-        ops._check_build()
+        _build_check.check_build()
 
 
 def test_the_real_record_matches_the_running_torch():
     real_record()
-    ops._check_build()
+    _build_check.check_build()
 
 
 def test_import_fails_before_loading_the_extension():
@@ -161,7 +161,7 @@ def test_record_matches_the_compiled_extension():
     assert config.WITH_CUDA == (config.CUDA_VERSION is not None)
     assert config.CUDA_ARCH_LIST == compiled.get("arch")
     assert config.VERSION.split("+")[0] == macko_spmv.__version__
-    assert config.TORCH_REQUIREMENT == "torch==%d.%d.*" % ops._release(config.TORCH_VERSION)
+    assert config.TORCH_REQUIREMENT == "torch==%d.%d.*" % _build_check._release(config.TORCH_VERSION)
     if "+" in config.VERSION:
         assert config.VERSION.endswith("+" + config.VARIANT)
 
@@ -172,7 +172,7 @@ def test_installed_metadata_pins_the_torch_release():
         version = importlib.metadata.version("macko-spmv")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("macko-spmv is not installed (run from the source tree)")
-    major, minor = ops._release(torch.__version__)
+    major, minor = _build_check._release(torch.__version__)
     assert f"torch=={major}.{minor}.*" in requires, requires
     assert version.split("+")[0] == macko_spmv.__version__
 
