@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -156,6 +157,12 @@ inline void check_multiply_input(const at::Tensor& values, int64_t cols,
                                                      index_t, __VA_ARGS__)  \
                          AT_PRIVATE_CASE_TYPE_USING_HINT(                   \
                              at::ScalarType::Long, index_t, __VA_ARGS__))
+
+// Rows per task of the CPU ops' at::parallel_for: enough elements per task
+// (about 32K) to amortise scheduling.
+inline int64_t row_grain(int64_t cols) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
+}
 
 // Row pointers' dtype for a stream of n stored entries.
 inline at::ScalarType row_index_dtype(int64_t n) {

@@ -212,11 +212,6 @@ void write_rows(Kernels kernels, const bits_t* src, int64_t cols, int64_t r0, in
   baseline::write_rows(src, cols, r0, r1, starts, last_nonzero, values, deltas, head, tail);
 }
 
-// Rows per parallel chunk of the count pass.
-int64_t row_grain(int64_t cols) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_cpu(const at::Tensor& dense_in) {
   check_dense_matrix(dense_in, "dense");
   const at::Tensor dense = dense_in.contiguous();

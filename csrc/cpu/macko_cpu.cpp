@@ -15,11 +15,6 @@
 namespace macko {
 namespace {
 
-// Rows per parallel task: enough work per task to amortise scheduling.
-int64_t row_grain(int64_t cols) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
-}
-
 // Calls visit(r, k, col) for every stored entry k of rows [r0, r1) whose
 // column is inside the matrix, in order. Columns past the last one can only
 // come from a corrupted stream; they end the row.
