@@ -6,10 +6,12 @@
 #   scripts/gpu_check.sh                    # build, tests, sanitizer
 #   STAGES="build bench" BENCH_ARGS="--shapes 8192x8192" scripts/gpu_check.sh
 #
-# Stages: build, test, sanitize, demo, bench (BENCH_ARGS are passed to
-# `python -m macko_spmv bench`), batch (BATCH_ARGS: the batch and dtype
-# sweep), compress (benchmarks/compress.py, COMPRESS_ARGS). Measured data
-# lands in $OUT/results.tgz.
+# Stages: build, test (TESTS: pytest arguments, default the whole suite),
+# sanitize, demo, bench (BENCH_ARGS are passed to `python -m macko_spmv
+# bench`), batch (BATCH_ARGS: the batch and dtype sweep), compress
+# (benchmarks/compress.py, COMPRESS_ARGS), e2e (`python -m macko_spmv e2e`,
+# E2E_ARGS), profile (Nsight Compute over benchmarks/profile_multiply.py,
+# PROFILE_CASES). Measured data lands in $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -43,7 +45,7 @@ fi
 
 if has test; then
   step test
-  $PYTHON -m pytest -q -ra tests 2>&1 | tee "$OUT/tests.log" | tail -25 || status=1
+  $PYTHON -m pytest -q -ra ${TESTS:-tests} 2>&1 | tee "$OUT/tests.log" | tail -25 || status=1
 fi
 
 if has sanitize; then
@@ -75,6 +77,25 @@ fi
 if has compress; then
   step compress
   $PYTHON benchmarks/compress.py --out "$OUT/results/compress-gpu" ${COMPRESS_ARGS:-} 2>&1 | tee "$OUT/compress.log" | tail -30 || status=1
+fi
+
+if has e2e; then
+  step e2e
+  $PYTHON -m macko_spmv e2e --out "$OUT/results/e2e" --no-progress ${E2E_ARGS:---check --profile --runs 3 --new-tokens 128} 2>&1 | tee "$OUT/e2e.log" | tail -40 || status=1
+fi
+
+if has profile; then
+  step profile
+  mkdir -p "$OUT/results"
+  stalls=$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard short_scoreboard \
+    mio_throttle lg_throttle wait barrier membar math_pipe_throttle not_selected selected no_instruction \
+    dispatch_stall branch_resolving drain tex_throttle)
+  ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section Occupancy \
+    --section LaunchStats --section MemoryWorkloadAnalysis --section InstructionStats --metrics "${stalls%,}" \
+    -k regex:multiply_kernel $PYTHON benchmarks/profile_multiply.py ${PROFILE_CASES:-8192x8192:0.5 8192x8192:0.1} \
+    >"$OUT/results/profile.txt" 2>&1 || status=1
+  grep -E "multiply_kernel|Duration|DRAM Throughput|Compute \(SM\)|Warp Cycles Per Issued|Achieved Occupancy|Issued Instructions  |issue_stalled" \
+    "$OUT/results/profile.txt" | sed -e 's/smsp__average_warps_issue_stalled_/stall /' -e 's/_per_issue_active.ratio//' | head -80
 fi
 
 # One archive of everything measured: the device tool returns at most 8 files.

@@ -32,6 +32,12 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32):
         ops.multiply(*wide, x)
         ops.decompress(*wide)
 
+# The kernel's less common launch paths: warps with more than 31 rows, and x
+# (or the transposed batch) too large for shared memory.
+for rows, cols, batch in [(140_001, 7, None), (3, 120_001, None), (5, 20_011, 8)]:
+    A = macko_spmv.compress(pruned(rows, cols, 0.5, torch.float16))
+    macko_spmv.multiply(A, torch.randn(*(() if batch is None else (batch,)), cols, generator=gen).half().cuda())
+
 # Corrupted contents: rows pointing outside the stream, deltas running past cols.
 M = pruned(40, 300, 0.2, torch.float16)
 A = macko_spmv.compress(M)

@@ -155,6 +155,22 @@ def test_cuda_graph_capture_and_replay(gen):
 
 
 @requires_cuda
+@pytest.mark.parametrize(
+    "shape, batch",
+    [((140_001, 7), None), ((3, 120_001), None), ((5, 20_011), 8), ((2, 70_001), 3)],
+    ids=["warps with over 31 rows", "x in global memory", "batch x in global memory", "batch of 3, wide"],
+)
+def test_cuda_launch_paths(shape, batch, gen):
+    """Shapes that take the kernel's less common paths: a warp's rows span
+    more than one load of row pointers; x (or the transposed batch) too
+    large for shared memory, gathered from global memory instead."""
+    M = random_pruned(*shape, 0.5, torch.float16, gen).cuda()
+    x = random_x(((batch,) if batch else ()) + (shape[1],), torch.float16, gen, "cuda")
+    y = poisoned_multiply(macko_spmv.compress(M), x)
+    assert_product_close(y, M, x)
+
+
+@requires_cuda
 def test_cuda_matches_cpu_format(dtype, gen):
     M = random_pruned(129, 777, 0.2, dtype, gen)
     A_cpu, A_gpu = macko_spmv.compress(M), macko_spmv.compress(M.cuda())

@@ -198,8 +198,11 @@ __global__ void __launch_bounds__(kThreads)
   row_range(row_indices, row, n_entries, begin, end);
   const uint32_t* nibble_words = reinterpret_cast<const uint32_t*>(deltas);
   scalar_t* out = dense + row * static_cast<int64_t>(cols);
-  int prev_col = -1;
-  for (int64_t step = begin & ~(kGroupEntries - 1); step < end && prev_col < cols - 1;
+  // Column of the row's last entry so far (-1 before the first); the walk
+  // stops early once it reaches the last column, which only a corrupted
+  // stream does before its row ends.
+  unsigned prev_col = ~0u;
+  for (int64_t step = begin & ~(kGroupEntries - 1); step < end && prev_col + 1u < static_cast<unsigned>(cols);
        step += kWarpStepEntries) {
     const int64_t first = step + lane * kGroupEntries;
     const unsigned mask = group_row_mask(first, begin, end);
@@ -212,11 +215,11 @@ __global__ void __launch_bounds__(kThreads)
     }
     const GroupSteps steps(nibbles, mask);
     const uint32_t totals[1] = {steps.odd_offsets() >> 24};
-    int base[1];
+    unsigned base[1];
     warp_group_bases(totals, lane, prev_col, base);
     const scalar_t* entry = reinterpret_cast<const scalar_t*>(group.words);
-    for_each_column(steps, base[0], [&](int j, int col) {
-      if (((mask >> j) & 1u) && col < cols) out[col] = entry[j];
+    for_each_column(steps, base[0], [&](int j, unsigned col) {
+      if (((mask >> j) & 1u) && col < static_cast<unsigned>(cols)) out[col] = entry[j];
     });
   }
 }

@@ -94,12 +94,6 @@ __device__ __forceinline__ uint32_t load_streaming(const uint32_t* p) {
   return r;
 }
 
-// Asks L2 to fetch a line ahead of its use; costs no registers, so it can
-// run further ahead than the loads whose results must be held.
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-
 // The values of one group of kGroupEntries entries, loaded as 16-byte words.
 template <typename scalar_t>
 struct GroupValues {
@@ -111,6 +105,12 @@ struct GroupValues {
     const uint4* src = reinterpret_cast<const uint4*>(values + first);
 #pragma unroll
     for (int w = 0; w < kWords; ++w) words[w] = load_streaming(src + w);
+  }
+  // The same from shared memory (a ring of the stream, see multiply.cu).
+  __device__ __forceinline__ void load_shared(const scalar_t* group) {
+    const uint4* src = reinterpret_cast<const uint4*>(group);
+#pragma unroll
+    for (int w = 0; w < kWords; ++w) words[w] = src[w];
   }
   __device__ __forceinline__ void clear() {
 #pragma unroll
@@ -130,11 +130,12 @@ struct GroupValues {
 };
 
 // Bits [lo, hi) of the 8 entries in the group starting at `first` that lie
-// inside the row [begin, end).
-__device__ __forceinline__ unsigned group_row_mask(int64_t first, int64_t begin,
-                                                   int64_t end) {
-  const int64_t lo = begin - first;
-  const int64_t hi = end - first;
+// inside the row [begin, end). `index_t`: global (int64_t) or window-relative
+// (int) entry numbers.
+template <typename index_t>
+__device__ __forceinline__ unsigned group_row_mask(index_t first, index_t begin, index_t end) {
+  const index_t lo = begin - first;
+  const index_t hi = end - first;
   const int lo_c = lo < 0 ? 0 : (lo > 8 ? 8 : static_cast<int>(lo));
   const int hi_c = hi < 0 ? 0 : (hi > 8 ? 8 : static_cast<int>(hi));
   return hi_c > lo_c ? ((1u << hi_c) - 1u) & ~((1u << lo_c) - 1u) : 0u;
@@ -175,17 +176,19 @@ struct GroupSteps {
 };
 
 template <int k>
-__device__ __forceinline__ int byte_at(uint32_t word) {
-  return static_cast<int>(__byte_perm(word, 0u, 0x4440u + k));
+__device__ __forceinline__ unsigned byte_at(uint32_t word) {
+  return __byte_perm(word, 0u, 0x4440u + k);
 }
 
 // Base columns of kGroups (1 or 2) consecutive warp steps from the lanes'
 // total steps, with one warp scan: the two totals (each at most 128, so the
 // warp's at most 4096) share one 32-bit word. `prev_col` (warp-uniform, -1
-// at a row's start) moves past both steps.
+// at a row's start) moves past both steps. Columns are unsigned so that a
+// corrupted stream's columns wrap around (defined) instead of overflowing;
+// the kernels clamp or test every column before using it.
 template <int kGroups>
 __device__ __forceinline__ void warp_group_bases(const uint32_t (&totals)[kGroups], int lane,
-                                                 int& prev_col, int (&base)[kGroups]) {
+                                                 unsigned& prev_col, unsigned (&base)[kGroups]) {
   static_assert(kGroups == 1 || kGroups == 2, "one or two groups per scan");
   uint32_t packed = totals[0];
   if constexpr (kGroups == 2) packed |= totals[1] << 16;
@@ -197,12 +200,12 @@ __device__ __forceinline__ void warp_group_bases(const uint32_t (&totals)[kGroup
   }
   const uint32_t warp_total = __shfl_sync(kFullMask, inclusive, kWarpSize - 1);
   const uint32_t exclusive = inclusive - packed;
-  base[0] = prev_col + static_cast<int>(exclusive & 0xFFFFu);
+  base[0] = prev_col + (exclusive & 0xFFFFu);
   if constexpr (kGroups == 2) {
-    base[1] = prev_col + static_cast<int>((warp_total & 0xFFFFu) + (exclusive >> 16));
-    prev_col += static_cast<int>((warp_total & 0xFFFFu) + (warp_total >> 16));
+    base[1] = prev_col + (warp_total & 0xFFFFu) + (exclusive >> 16);
+    prev_col += (warp_total & 0xFFFFu) + (warp_total >> 16);
   } else {
-    prev_col += static_cast<int>(warp_total);
+    prev_col += warp_total;
   }
 }
 
@@ -210,7 +213,7 @@ __device__ __forceinline__ void warp_group_bases(const uint32_t (&totals)[kGroup
 // column (entries outside the row repeat a neighbour's column, or -1 before
 // a row's first entry).
 template <typename Visit>
-__device__ __forceinline__ void for_each_column(const GroupSteps& steps, int base, Visit&& visit) {
+__device__ __forceinline__ void for_each_column(const GroupSteps& steps, unsigned base, Visit&& visit) {
   const uint32_t odd_end = steps.odd_offsets();
   const uint32_t even_end = odd_end - steps.odd;  // no borrows: byte k >= odd's byte k
   visit(0, base + byte_at<0>(even_end));

@@ -1,0 +1,60 @@
+// async_copy.cuh: copies from global to shared memory that run in the
+// background, so that a warp can keep many chunks of a stream in flight
+// without holding them in registers.
+//
+// On sm_80 and newer a copy is one cp.async (LDGSTS): the bytes go from L2
+// to shared memory without passing through registers (nor L1, for 16-byte
+// copies). Each thread groups the copies it issued (commit) and later waits
+// until at most N of its newest groups are still pending. The copies a
+// thread waited for are visible to the other threads of its warp after a
+// __syncwarp(). Older GPUs (sm_75) copy synchronously with loads and
+// stores: the same contents, with no overlap.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace macko {
+namespace cuda {
+
+// Copies 16 bytes from `src` (global memory) to `dst` (shared memory), both
+// 16-byte aligned.
+__device__ __forceinline__ void copy16_async(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned shared_address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(shared_address), "l"(src) : "memory");
+#else
+  *static_cast<uint4*>(dst) = __ldg(static_cast<const uint4*>(src));
+#endif
+}
+
+// The same for 4 bytes (4-byte aligned), for the ends of arrays whose length
+// is not a multiple of 16 bytes: a 16-byte copy there would read past the end.
+__device__ __forceinline__ void copy4_async(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned shared_address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(shared_address), "l"(src) : "memory");
+#else
+  *static_cast<unsigned*>(dst) = __ldg(static_cast<const unsigned*>(src));
+#endif
+}
+
+// Closes the group of copies this thread issued since the last commit.
+__device__ __forceinline__ void commit_async_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// Waits until at most kPending of this thread's newest groups are still in
+// flight (older GPUs copy synchronously: nothing to wait for).
+template <int kPending>
+__device__ __forceinline__ void wait_async_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+#endif
+}
+
+}  // namespace cuda
+}  // namespace macko
