@@ -1,6 +1,6 @@
 """Prints the README's results tables from the saved CSVs (never by hand).
 
-    python benchmarks/readme_tables.py benchmarks/results/h100-2026-11-24
+    python benchmarks/readme_tables.py benchmarks/results/h100-2026-11-25
 """
 
 import csv

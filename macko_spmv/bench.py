@@ -35,6 +35,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 import warnings
 import zlib
@@ -274,6 +275,13 @@ def nvidia_driver_version():
 
 def slug(text):
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def set_caption(figure, text, fontsize):
+    """The figure's title line of run facts, wrapped to the figure's width
+    (a character is about 0.55 of the font size wide)."""
+    width_chars = max(20, int(figure.get_figwidth() * 72 / (0.55 * fontsize)))
+    figure.suptitle(textwrap.fill(text, width_chars), fontsize=fontsize)
 
 
 def synchronize(device):
@@ -715,11 +723,8 @@ def plot(results_dir):
 
     def caption(figure):
         first = results[0]
-        figure.suptitle(
-            f"{first['gpu']}, torch {first['torch']}, CUDA {first['cuda']}, {first['date']}; "
-            f"L2 flush: {first['l2_flush']}",
-            fontsize=9,
-        )
+        set_caption(figure, f"{first['gpu']}, torch {first['torch']}, CUDA {first['cuda']}, {first['date']}; "
+                            f"L2 flush: {first['l2_flush']}", fontsize=9)
 
     def save(figure, name):
         path = os.path.join(results_dir, name)

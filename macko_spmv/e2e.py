@@ -83,7 +83,7 @@ from torch import nn
 
 import macko_spmv
 
-from .bench import cpu_name, nvidia_driver_version, read_meta, slug, unique, write_json
+from .bench import cpu_name, nvidia_driver_version, read_meta, set_caption, slug, unique, write_json
 
 # --------------------------------------------------------------------------
 # Model configurations
@@ -1078,9 +1078,9 @@ def plot(results_dir):
 
     def caption(figure):
         first = results[0]
-        figure.suptitle(f"{first['gpu']}, torch {first['torch']}, CUDA {first['cuda']}, transformers "
-                        f"{first['transformers']}, {first['date']}; batch 1, static KV cache, "
-                        f"{first['new_tokens']:.0f} new tokens", fontsize=8)  # fmt: skip
+        set_caption(figure, f"{first['gpu']}, torch {first['torch']}, CUDA {first['cuda']}, transformers "
+                            f"{first['transformers']}, {first['date']}; batch 1, static KV cache, "
+                            f"{first['new_tokens']:.0f} new tokens", fontsize=8)  # fmt: skip
 
     def new_figure():
         figure = Figure(figsize=(7, 5), layout="constrained")
