@@ -106,7 +106,7 @@ struct GroupValues {
 #pragma unroll
     for (int w = 0; w < kWords; ++w) words[w] = load_streaming(src + w);
   }
-  // The same from shared memory (a ring of the stream, see multiply.cu).
+  // The same from shared memory (a ring of the stream, see multiply.cuh).
   __device__ __forceinline__ void load_shared(const scalar_t* group) {
     const uint4* src = reinterpret_cast<const uint4*>(group);
 #pragma unroll
