@@ -240,6 +240,22 @@ __device__ __forceinline__ void load_x(const scalar_t* x_t, unsigned col, float 
   for (int b = 0; b < kBatch; ++b) out[b] = static_cast<float>(reinterpret_cast<const scalar_t*>(raw)[b]);
 }
 
+// acc[b] += the lane's 8 values x their gathered x (right-hand side b), in
+// fp32 FMAs. Entries outside the row have value 0 here; the clamp keeps
+// their columns, and a corrupted stream's, inside x.
+template <typename scalar_t, int kBatch>
+__device__ __forceinline__ void fma_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
+                                          unsigned base, const scalar_t* x, unsigned last_col,
+                                          float (&acc)[kBatch]) {
+  for_each_column(steps, base, [&](int j, unsigned col) {
+    float xv[kBatch];
+    load_x<scalar_t, kBatch>(x, min(col, last_col), xv);
+    const float v = group[j];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) acc[b] = fmaf(v, xv[b], acc[b]);
+  });
+}
+
 // The row sums of value * x over a warp's entries, kBatch right-hand sides,
 // with fp32 FMAs: each lane converts its entries and gathered x to float.
 template <typename scalar_t, int kBatch, bool kTensorCores>
@@ -252,15 +268,7 @@ struct RowDot {
   }
   __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
                                             unsigned base, const scalar_t* x, unsigned last_col) {
-    for_each_column(steps, base, [&](int j, unsigned col) {
-      // Entries outside the row have value 0 here; the clamp keeps their
-      // columns, and a corrupted stream's, inside x.
-      float xv[kBatch];
-      load_x<scalar_t, kBatch>(x, min(col, last_col), xv);
-      const float v = group[j];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) acc[b] = fmaf(v, xv[b], acc[b]);
-    });
+    fma_group(group, steps, base, x, last_col, acc);
   }
   // The warp's sum for right-hand side b (in every lane).
   __device__ __forceinline__ float total(int b, int /*lane*/) const { return warp_sum(acc[b]); }
@@ -278,7 +286,8 @@ struct RowDot {
 // D[g+8][g] gains x45.v45 + x67.v67. Products are exact and sums fp32; the
 // other elements of D collect products of unrelated lanes and are never
 // read. Two mma per group replace 8 x (two conversions + FMA) per lane, and
-// every operand is already in place (no register moves).
+// every operand is already in place (no register moves). GPUs before sm_80
+// have no m16n8k16 mma: there the FMAs do it, in low[0].
 template <typename scalar_t>
 struct RowDot<scalar_t, 1, true> {
   static_assert(sizeof(scalar_t) == 2, "tensor-core dot products take 16-bit values");
@@ -307,6 +316,11 @@ struct RowDot<scalar_t, 1, true> {
 
   __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
                                             unsigned base, const scalar_t* x, unsigned last_col) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    float acc[1] = {low[0]};
+    fma_group(group, steps, base, x, last_col, acc);
+    low[0] = acc[0];
+#else
     const unsigned short* x_bits = reinterpret_cast<const unsigned short*>(x);
     uint32_t xs[kGroupEntries];
     for_each_column(steps, base, [&](int j, unsigned col) { xs[j] = x_bits[min(col, last_col)]; });
@@ -315,20 +329,25 @@ struct RowDot<scalar_t, 1, true> {
     const uint4 v = group.words[0];  // entries (0, 1), (2, 3), (4, 5), (6, 7) as pairs
     mma(low, a, v.x, v.y);
     mma(high, a, v.z, v.w);
+#endif
   }
 
   // D[g][g] (elements 0, 1: columns 2t, 2t+1 of row g) and D[g+8][g]
   // (elements 2, 3) sit in lane 4g + g/2, element g % 2 of each pair.
   __device__ __forceinline__ float total(int /*b*/, int lane) const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    return warp_sum(low[0]);
+#else
     const int g = lane / 4;
     const bool odd = g % 2;
     const float diagonal = lane % 4 == g / 2 ? (odd ? low[1] + high[3] : low[0] + high[2]) : 0.0f;
     return warp_sum(diagonal);
+#endif
   }
 };
 
-// Tensor cores (mma.sync with bf16, sm_80+) for one right-hand side of
-// 16-bit values; FMAs otherwise.
+// Tensor cores (mma.sync, sm_80+) for one right-hand side of 16-bit
+// values; FMAs otherwise.
 template <typename scalar_t, int kBatch>
 constexpr bool kUseTensorCores = kBatch == 1 && sizeof(scalar_t) == 2;
 
