@@ -65,7 +65,9 @@ namespace cuda {
 namespace multiply_impl {
 
 // The widest batch one kernel pass takes; larger batches go in chunks of it,
-// one pass over the matrix each.
+// one pass over the matrix each. (Wider kernels spill registers or lose the
+// vector's shared-memory copy; a dense scratch + cuBLAS route measured 3-12x
+// slower than chunks, its decompress being the cost: benchmarks/NOTES.md.)
 constexpr int kMaxBatch = 8;
 // Entries per chunk of the ring: one warp step, a group per lane.
 constexpr int kChunkEntries = kWarpStepEntries;
@@ -420,8 +422,7 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
 
   const unsigned last_col = static_cast<unsigned>(args.cols - 1);
   RowDot<scalar_t, kBatch, kUseTensorCores<scalar_t, kBatch>> dot;
-  int prev_end = pointer;  // lane 0's: the window's start
-  prev_end = __shfl_sync(kFullMask, prev_end, 0);
+  int prev_end = __shfl_sync(kFullMask, pointer, 0);  // lane 0's pointer: the window's start
   for (int64_t row = first_row; row < end_row; ++row) {
     if (row - pointer_row == kWarpSize - 1) {
       pointer_row = row;
