@@ -7,11 +7,16 @@
 #   STAGES="build bench" BENCH_ARGS="--shapes 8192x8192" scripts/gpu_check.sh
 #
 # Stages: build, test (TESTS: pytest arguments, default the whole suite),
-# sanitize, demo, bench (BENCH_ARGS are passed to `python -m macko_spmv
-# bench`), batch (BATCH_ARGS: the batch and dtype sweep), compress
-# (benchmarks/compress.py, COMPRESS_ARGS), e2e (`python -m macko_spmv e2e`,
-# E2E_ARGS), profile (Nsight Compute over benchmarks/profile_multiply.py,
-# PROFILE_CASES). Measured data lands in $OUT/results.tgz.
+# sanitize (SANITIZE_TOOLS, default "memcheck racecheck initcheck"), demo,
+# bench (BENCH_ARGS are passed to `python -m macko_spmv bench`), batch
+# (BATCH_ARGS: the batch and dtype sweep), routes (the batch sweep once per
+# multiply route, ROUTES default "stream dense", ROUTE_ARGS), decompress
+# (benchmarks/experiments/decompress_bandwidth.py, DECOMPRESS_ARGS),
+# compress (benchmarks/compress.py, COMPRESS_ARGS), e2e (`python -m
+# macko_spmv e2e`, E2E_ARGS), profile (Nsight Compute over
+# benchmarks/profile_multiply.py, PROFILE_CASES). Stages run in that order.
+# Measured data lands in $OUT/results.tgz, refreshed after every stage so
+# that a run cut short keeps what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -21,7 +26,10 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 status=0
 has() { [[ " $STAGES " == *" $1 "* ]]; }
-step() { echo "=== $1: $(date -u +%H:%M:%S)"; }
+# The device tool returns at most 8 files: everything measured goes into one
+# archive, rewritten at the start of every stage and at the end.
+archive() { if [ -d "$OUT/results" ]; then tar -czf "$OUT/results.tgz" -C "$OUT" results; fi; }
+step() { archive; echo "=== $1: $(date -u +%H:%M:%S)"; }
 
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
@@ -52,7 +60,7 @@ if has sanitize; then
   step sanitize
   # Without the caching allocator every tensor is its own allocation, so an
   # access past a tensor's end is outside any allocation and gets reported.
-  for tool in memcheck racecheck initcheck; do
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck}; do
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool $tool --error-exitcode 9 \
       $PYTHON scripts/sanitize_ops.py >"$OUT/sanitize-$tool.log" 2>&1 || status=1
     echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize-$tool.log" | tail -1)"
@@ -72,6 +80,21 @@ fi
 if has batch; then
   step batch
   $PYTHON -m macko_spmv bench --out "$OUT/results/batch" ${BATCH_ARGS:---shapes 8192x8192,28672x8192 --densities 0.5,0.1 --dtypes float16,bfloat16,float32 --batch 1,2,4,8,16,32} 2>&1 | tee "$OUT/batch.log" | grep -v "it/s\|case/s" | tail -80 || status=1
+fi
+
+if has routes; then
+  step routes
+  for route in ${ROUTES:-stream dense}; do
+    MACKO_MULTIPLY_ROUTE=$route $PYTHON -m macko_spmv bench --out "$OUT/results/route-$route" --no-plot \
+      ${ROUTE_ARGS:---shapes 4096x4096,8192x8192 --densities 0.5,0.1 --batch 1,2,4,8,16,32,64,128,512,2048 --repeats 50} \
+      2>&1 | tee "$OUT/routes-$route.log" | grep -v "it/s\|case/s" | tail -45 || status=1
+  done
+fi
+
+if has decompress; then
+  step decompress
+  mkdir -p "$OUT/results"
+  $PYTHON benchmarks/experiments/decompress_bandwidth.py ${DECOMPRESS_ARGS:-} 2>&1 | tee "$OUT/results/decompress.csv" || status=1
 fi
 
 if has compress; then
@@ -98,9 +121,6 @@ if has profile; then
     "$OUT/results/profile.txt" | sed -e 's/smsp__average_warps_issue_stalled_/stall /' -e 's/_per_issue_active.ratio//' | head -80
 fi
 
-# One archive of everything measured: the device tool returns at most 8 files.
-if [ -d "$OUT/results" ]; then
-  tar -czf "$OUT/results.tgz" -C "$OUT" results && rm -r "$OUT/results"
-fi
 step done
+if [ -d "$OUT/results" ]; then rm -r "$OUT/results"; fi
 exit $status

@@ -2,9 +2,13 @@
 
 Run by scripts/gpu_check.sh as
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python scripts/sanitize_ops.py
-Covers each dtype, both row-pointer widths, every kernel batch width, odd
-shapes, empty rows, and corrupted arrays that bypass validation.
+Covers each dtype, both row-pointer widths, every kernel batch width, both
+routes of multiply (the streaming kernel, and decompress + cuBLAS a slab at
+a time), odd shapes, empty rows, and corrupted arrays that bypass
+validation.
 """
+
+import os
 
 import torch
 
@@ -12,6 +16,15 @@ import macko_spmv
 
 gen = torch.Generator().manual_seed(0)
 ops = torch.ops.macko_spmv
+ROUTES = ("stream", "dense")
+
+
+def each_route():
+    """Sets MACKO_MULTIPLY_ROUTE to each route in turn (the ops read it on every call)."""
+    for route in ROUTES:
+        os.environ["MACKO_MULTIPLY_ROUTE"] = route
+        yield route
+    del os.environ["MACKO_MULTIPLY_ROUTE"]
 
 
 def pruned(rows, cols, density, dtype):
@@ -25,11 +38,12 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32):
         M = pruned(rows, cols, density, dtype)
         A = macko_spmv.compress(M)
         assert torch.equal(macko_spmv.decompress(A), M)
-        for batch in (None, 1, 2, 3, 5, 8, 16, 19):
-            x = torch.randn(*(() if batch is None else (batch,)), cols, generator=gen).to(dtype).cuda()
-            macko_spmv.multiply(A, x)
-        wide = (A.values, A.deltas, A.row_indices.long(), rows, cols)
-        ops.multiply(*wide, x)
+        for route in each_route():
+            for batch in (None, 1, 2, 3, 5, 8, 16, 19):
+                x = torch.randn(*(() if batch is None else (batch,)), cols, generator=gen).to(dtype).cuda()
+                macko_spmv.multiply(A, x)
+            wide = (A.values, A.deltas, A.row_indices.long(), rows, cols)
+            ops.multiply(*wide, x)
         ops.decompress(*wide)
 
 # The kernel's less common launch paths: warps with more than 31 rows, and x
@@ -37,6 +51,14 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32):
 for rows, cols, batch in [(140_001, 7, None), (3, 120_001, None), (5, 20_011, 8)]:
     A = macko_spmv.compress(pruned(rows, cols, 0.5, torch.float16))
     macko_spmv.multiply(A, torch.randn(*(() if batch is None else (batch,)), cols, generator=gen).half().cuda())
+
+# The dense route over several slabs (a slab is 16 MB of dense rows), and
+# decompress's segments over a long row.
+A = macko_spmv.compress(pruned(4100, 2050, 0.3, torch.float16))
+os.environ["MACKO_MULTIPLY_ROUTE"] = "dense"
+macko_spmv.multiply(A, torch.randn(24, 2050, generator=gen).half().cuda())
+del os.environ["MACKO_MULTIPLY_ROUTE"]
+macko_spmv.decompress(macko_spmv.compress(pruned(3, 50_001, 0.5, torch.bfloat16)))
 
 # Corrupted contents: rows pointing outside the stream, deltas running past cols.
 M = pruned(40, 300, 0.2, torch.float16)
@@ -46,8 +68,9 @@ x = torch.randn(4, 300, generator=gen).half().cuda()
 for pointers in ([-5] * 41, [n + 1000] * 41, [0] + [n] * 40, list(range(40 * 50, -1, -50))):
     for deltas in (A.deltas, torch.full_like(A.deltas, 0xFF)):
         args = (A.values, deltas, torch.tensor(pointers, dtype=torch.int32).cuda(), 40, 300)
-        ops.multiply(*args, x)
-        ops.multiply(*args, x[0])
+        for route in each_route():
+            ops.multiply(*args, x)
+            ops.multiply(*args, x[0])
         ops.decompress(*args)
 torch.cuda.synchronize()
 print("sanitize_ops: all kernels ran")

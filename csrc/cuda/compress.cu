@@ -1,6 +1,6 @@
-// compress.cu: dense <-> MACKO on the GPU.
+// compress.cu: dense -> MACKO on the GPU (decompress.cu goes back).
 //
-// compress. The encoder of the format is sequential along a row (a padding
+// The encoder of the format is sequential along a row (a padding
 // entry is stored at the 16th, 32nd, ... zero after a nonzero, and padding
 // after a row's last nonzero is dropped), but it has a closed form: element
 // c of a row is stored iff it is nonzero, or it is zero and
@@ -15,12 +15,9 @@
 // byte per entry into scratch, which a last kernel packs two to a byte
 // (packing in place would race on bytes shared by entries of two lanes or
 // rows).
-//
-// decompress. One warp per row walks the stream as multiply does and
-// scatters each entry's value into a zeroed dense matrix.
 #include <torch/library.h>
 
-#include "warp_stream.cuh"
+#include "group_decode.cuh"
 
 namespace macko {
 namespace cuda {
@@ -186,72 +183,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_cuda(const at::Tensor& d
   return {values, deltas, row_indices};
 }
 
-template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads)
-    decompress_kernel(const scalar_t* __restrict__ values, const uint8_t* __restrict__ deltas,
-                      const index_t* __restrict__ row_indices, int64_t n_entries,
-                      int64_t rows, int cols, scalar_t* __restrict__ dense) {
-  const int lane = threadIdx.x % kWarpSize;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarpSize;
-  if (row >= rows) return;  // warp-uniform
-  int64_t begin, end;
-  row_range(row_indices, row, n_entries, begin, end);
-  const uint32_t* nibble_words = reinterpret_cast<const uint32_t*>(deltas);
-  scalar_t* out = dense + row * static_cast<int64_t>(cols);
-  // Column of the row's last entry so far (-1 before the first); the walk
-  // stops early once it reaches the last column, which only a corrupted
-  // stream does before its row ends.
-  unsigned prev_col = ~0u;
-  for (int64_t step = begin & ~(kGroupEntries - 1); step < end && prev_col + 1u < static_cast<unsigned>(cols);
-       step += kWarpStepEntries) {
-    const int64_t first = step + lane * kGroupEntries;
-    const unsigned mask = group_row_mask(first, begin, end);
-    GroupValues<scalar_t> group;
-    uint32_t nibbles = 0;
-    group.clear();
-    if (mask) {
-      group.load(values, first);
-      nibbles = load_streaming(nibble_words + first / kGroupEntries);
-    }
-    const GroupSteps steps(nibbles, mask);
-    const uint32_t totals[1] = {steps.odd_offsets() >> 24};
-    unsigned base[1];
-    warp_group_bases(totals, lane, prev_col, base);
-    const scalar_t* entry = reinterpret_cast<const scalar_t*>(group.words);
-    for_each_column(steps, base[0], [&](int j, unsigned col) {
-      if (((mask >> j) & 1u) && col < static_cast<unsigned>(cols)) out[col] = entry[j];
-    });
-  }
-}
-
-at::Tensor decompress_cuda(const at::Tensor& values, const at::Tensor& deltas,
-                           const at::Tensor& row_indices, int64_t rows, int64_t cols) {
-  check_compressed(values, deltas, row_indices, rows, cols);
-  check_cols_fit(cols);
-  const c10::cuda::CUDAGuard guard(values.device());
-  at::Tensor dense = at::zeros({rows, cols}, values.options());
-  if (rows == 0 || cols == 0) return dense;
-  const at::Tensor values_aligned = aligned16(values);
-  const at::Tensor deltas_aligned = aligned16(deltas);
-  MACKO_DISPATCH_VALUE_TYPES(values.scalar_type(), "macko_decompress_cuda", [&] {
-    MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
-      decompress_kernel<scalar_t, index_t>
-          <<<blocks_for(rows, kRowsPerBlock), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-              values_aligned.const_data_ptr<scalar_t>(), deltas_aligned.const_data_ptr<uint8_t>(),
-              row_indices.const_data_ptr<index_t>(), values.numel(), rows, static_cast<int>(cols),
-              dense.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return dense;
-}
-
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(macko_spmv, CUDA, m) {
-  m.impl("compress", &cuda::compress_cuda);
-  m.impl("decompress", &cuda::decompress_cuda);
-}
+TORCH_LIBRARY_IMPL(macko_spmv, CUDA, m) { m.impl("compress", &cuda::compress_cuda); }
 
 }  // namespace macko

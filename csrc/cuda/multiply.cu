@@ -1,13 +1,62 @@
 // multiply.cu: the CUDA implementation of macko_spmv::multiply: argument
-// checks, batches in chunks of kMaxBatch, and the dtype dispatch to the
-// kernels of multiply.cuh.
+// checks and the choice between two routes.
+//
+// - "stream": the streaming kernel (multiply.cuh) reads the matrix once per
+//   up to kMaxBatch right-hand sides and does the arithmetic as it decodes.
+//   Its time is the matrix's bytes plus a small cost per right-hand side:
+//   the route for one vector and small batches.
+// - "dense": decompress a slab of rows into a dense scratch (decompress.cu)
+//   and multiply the slab with cuBLAS (at::mm_out), slab after slab. Its
+//   time is the dense GEMM's plus the decompress: the route for prompts
+//   (prefill), where the GEMM's arithmetic outweighs the matrix's bytes.
+//   The slab is small enough to stay in L2 between its decompress and its
+//   GEMM, so the dense bytes never go to DRAM; the scratch (at most
+//   kSlabBytes, from torch's caching allocator, so layers reuse one block
+//   and torch.cuda.empty_cache() frees it) is the only extra memory.
+//
+// "auto" takes the stream route up to a batch that depends on the density
+// (kStreamMaxBatch*), the dense route above it: the crossovers measured on
+// an H200 (benchmarks/NOTES.md). MACKO_MULTIPLY_ROUTE=stream|dense in the
+// environment overrides the choice on every call, for benchmarks and tests.
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+
+#include "decompress.cuh"
 #include "multiply.cuh"
 
 namespace macko {
 namespace cuda {
 namespace {
+
+enum class Route { kAuto, kStream, kDense };
+
+Route requested_route() {
+  const char* name = std::getenv("MACKO_MULTIPLY_ROUTE");
+  if (name == nullptr || *name == '\0' || std::strcmp(name, "auto") == 0) return Route::kAuto;
+  if (std::strcmp(name, "stream") == 0) return Route::kStream;
+  if (std::strcmp(name, "dense") == 0) return Route::kDense;
+  TORCH_CHECK_VALUE(false, "MACKO_MULTIPLY_ROUTE must be auto, stream or dense, got '", name, "'");
+}
+
+// Largest batch that "auto" sends to the streaming kernel, by the fraction
+// of entries stored: below kSparseStoredFraction the matrix's bytes weigh
+// more against the GEMM's, and the stream route wins up to larger batches.
+constexpr int64_t kStreamMaxBatchDense = 8;
+constexpr int64_t kStreamMaxBatchSparse = 8;
+constexpr double kSparseStoredFraction = 0.25;
+// Bytes of one dense slab of the dense route: well inside the H100's and
+// H200's L2 (50 and 60 MB) beside the GEMM's operands.
+constexpr int64_t kSlabBytes = int64_t{16} << 20;
+
+Route choose_route(int64_t batch, int64_t stored, int64_t rows, int64_t cols) {
+  const Route requested = requested_route();
+  if (requested != Route::kAuto) return requested;
+  const double elements = static_cast<double>(rows) * static_cast<double>(cols);
+  const bool sparse = elements > 0 && static_cast<double>(stored) < kSparseStoredFraction * elements;
+  return batch <= (sparse ? kStreamMaxBatchSparse : kStreamMaxBatchDense) ? Route::kStream : Route::kDense;
+}
 
 // Smallest kernel batch width (a power of two) that holds `batch` vectors.
 int kernel_batch(int64_t batch) {
@@ -16,9 +65,92 @@ int kernel_batch(int64_t batch) {
   return width;
 }
 
-at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_in,
-                         const at::Tensor& row_indices, int64_t rows, int64_t cols,
-                         const at::Tensor& x_in) {
+// cuBLAS may sum 16-bit products in reduced precision (split-K) when torch
+// allows it, which it does by default. The dense route promises what the
+// kernels do (exact products, fp32 sums), so it disallows that for its own
+// GEMMs and restores torch's setting afterwards. (The setting's getter
+// returns a bool in older torch releases and an enum in newer ones.)
+class FullPrecisionReductions {
+ public:
+  FullPrecisionReductions()
+      : fp16_(at::globalContext().allowFP16ReductionCuBLAS()), bf16_(at::globalContext().allowBF16ReductionCuBLAS()) {
+    at::globalContext().setAllowFP16ReductionCuBLAS(false);
+    at::globalContext().setAllowBF16ReductionCuBLAS(false);
+  }
+  ~FullPrecisionReductions() {
+    restore(fp16_, [](bool reduced, bool split_k) { set_fp16(reduced, split_k); });
+    restore(bf16_, [](bool reduced, bool split_k) { set_bf16(reduced, split_k); });
+  }
+  FullPrecisionReductions(const FullPrecisionReductions&) = delete;
+  FullPrecisionReductions& operator=(const FullPrecisionReductions&) = delete;
+
+ private:
+  using Saved = decltype(at::globalContext().allowFP16ReductionCuBLAS());
+  Saved fp16_, bf16_;
+
+  static void set_fp16(bool reduced, bool split_k) {
+    if constexpr (std::is_same_v<Saved, bool>) {
+      at::globalContext().setAllowFP16ReductionCuBLAS(reduced);
+    } else {
+      at::globalContext().setAllowFP16ReductionCuBLAS(reduced, split_k);
+    }
+  }
+  static void set_bf16(bool reduced, bool split_k) {
+    if constexpr (std::is_same_v<Saved, bool>) {
+      at::globalContext().setAllowBF16ReductionCuBLAS(reduced);
+    } else {
+      at::globalContext().setAllowBF16ReductionCuBLAS(reduced, split_k);
+    }
+  }
+  template <typename Set>
+  static void restore(Saved saved, Set set) {
+    if constexpr (std::is_same_v<Saved, bool>) {
+      set(saved, true);
+    } else {
+      // 0: reduced precision with split-K, 1: full precision with split-K,
+      // 2: full precision without split-K.
+      const int option = static_cast<int>(saved);
+      set(option == 0, option != 2);
+    }
+  }
+};
+
+// y [batch, rows] = x [batch, cols] M^T, a slab of rows at a time.
+void multiply_dense(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
+                    int64_t cols, const at::Tensor& x, at::Tensor& y) {
+  if (cols == 0) {
+    y.zero_();
+    return;
+  }
+  const int64_t row_bytes = cols * static_cast<int64_t>(values.element_size());
+  const int64_t slab_rows = std::min(rows, std::max<int64_t>(1, kSlabBytes / row_bytes));
+  at::Tensor scratch = at::empty({slab_rows, cols}, values.options());
+  const FullPrecisionReductions full_precision;
+  for (int64_t first = 0; first < rows; first += slab_rows) {
+    const int64_t count = std::min(slab_rows, rows - first);
+    at::Tensor slab = scratch.narrow(0, 0, count);
+    decompress_rows(values, deltas, row_indices, first, cols, slab);
+    at::Tensor out = y.narrow(1, first, count);  // strides (rows, 1): cuBLAS writes it in place
+    at::mm_out(out, x, slab.t());
+  }
+}
+
+// y [batch, rows] through the streaming kernel, kMaxBatch right-hand sides
+// per pass.
+void multiply_stream(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
+                     int64_t cols, const at::Tensor& x, at::Tensor& y) {
+  const int64_t batch = x.size(0);
+  for (int64_t b0 = 0; b0 < batch; b0 += multiply_impl::kMaxBatch) {
+    const int64_t nb = std::min<int64_t>(multiply_impl::kMaxBatch, batch - b0);
+    multiply_impl::MultiplyProblem problem{values, deltas, row_indices, rows, cols,
+                                           x.narrow(0, b0, nb), y.narrow(0, b0, nb), kernel_batch(nb)};
+    MACKO_DISPATCH_VALUE_TYPES(values.scalar_type(), "macko_multiply_cuda",
+                               [&] { multiply_impl::multiply_typed<scalar_t>(problem); });
+  }
+}
+
+at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_in, const at::Tensor& row_indices,
+                         int64_t rows, int64_t cols, const at::Tensor& x_in) {
   check_compressed(values_in, deltas_in, row_indices, rows, cols);
   check_multiply_input(values_in, cols, x_in);
   check_cols_fit(cols);
@@ -28,29 +160,18 @@ at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_i
 
   const bool batched = x_in.dim() == 2;
   const int64_t batch = batched ? x_in.size(0) : 1;
-  at::Tensor y = batched ? at::empty({batch, rows}, values.options())
-                         : at::empty({rows}, values.options());
-  if (batch == 0 || rows == 0) return y;
-
-  // Right-hand sides in chunks of at most kMaxBatch, each chunk one pass
-  // over the matrix.
-  for (int64_t b0 = 0; b0 < batch; b0 += multiply_impl::kMaxBatch) {
-    const int64_t nb = std::min<int64_t>(multiply_impl::kMaxBatch, batch - b0);
-    const int width = kernel_batch(nb);
-    at::Tensor x_t;
-    if (width == 1) {
-      x_t = aligned16((batched ? x_in[b0] : x_in).contiguous());
+  at::Tensor y = at::empty({batch, rows}, values.options());
+  if (batch > 0 && rows > 0) {
+    // Both routes take x as [batch, cols] with unit column stride.
+    at::Tensor x = (batched ? x_in : x_in.unsqueeze(0));
+    if (x.stride(1) != 1) x = x.contiguous();
+    if (choose_route(batch, values.numel(), rows, cols) == Route::kDense) {
+      multiply_dense(values, deltas, row_indices, rows, cols, x, y);
     } else {
-      x_t = at::zeros({cols, width}, x_in.options());
-      x_t.narrow(1, 0, nb).copy_(x_in.narrow(0, b0, nb).t());
+      multiply_stream(values, deltas, row_indices, rows, cols, x, y);
     }
-    at::Tensor y_chunk = batched ? y.narrow(0, b0, nb) : y;
-    MACKO_DISPATCH_VALUE_TYPES(values.scalar_type(), "macko_multiply_cuda", [&] {
-      multiply_impl::multiply_typed<scalar_t>(values, deltas, row_indices, rows, cols, x_t, width,
-                                              static_cast<int>(nb), y_chunk);
-    });
   }
-  return y;
+  return batched ? y : y.view({rows});
 }
 
 }  // namespace

@@ -3,7 +3,6 @@
 
 namespace macko {
 namespace cuda {
-template void multiply_impl::multiply_typed<c10::Half>(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                                 int64_t, const at::Tensor&, int, int, at::Tensor&);
+MACKO_INSTANTIATE_MULTIPLY(c10::Half);
 }  // namespace cuda
 }  // namespace macko

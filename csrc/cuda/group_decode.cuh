@@ -1,4 +1,5 @@
-// warp_stream.cuh: the device-side pieces that the CUDA kernels share.
+// group_decode.cuh: decoding the stream in aligned groups, and the warp
+// scans that turn gaps into columns; shared by every CUDA kernel.
 //
 // Every kernel here walks a row with one warp. A step of the walk gives each
 // lane one aligned group of kGroupEntries (8) entries: its values (16 bytes

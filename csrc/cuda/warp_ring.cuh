@@ -1,0 +1,150 @@
+// warp_ring.cuh: a warp's ring of chunks of the stream in shared memory,
+// filled with cp.async ahead of the warp's walk (multiply.cuh says why the
+// lookahead is short).
+#pragma once
+
+#include "async_copy.cuh"
+#include "group_decode.cuh"
+
+namespace macko {
+namespace cuda {
+namespace multiply_impl {
+
+// Entries per chunk of the ring: one warp step, a group per lane.
+constexpr int kChunkEntries = kWarpStepEntries;
+constexpr int kChunkNibbleBytes = kChunkEntries / 2;
+// Warp steps per stage (one warp scan decodes the whole stage): two for
+// 16-bit values; one for fp32, whose groups take twice the registers.
+template <typename scalar_t>
+constexpr int kStageSteps = sizeof(scalar_t) == 2 ? 2 : 1;
+// Chunks each warp keeps requested beyond the up to kStageSteps + 1 that
+// its current stage reads. Enough to cover DRAM latency with every warp of
+// the GPU streaming, and no more: the requests of all warps share one queue,
+// so a deeper lookahead only delays everyone's next chunk (measured: the
+// first stage waited 8-10 us for a lookahead of 5, benchmarks/NOTES.md).
+// About 2 KB a warp: three chunks of 16-bit values, two of fp32 ones.
+template <typename scalar_t>
+constexpr int kLookaheadChunks = sizeof(scalar_t) == 2 ? 3 : 2;
+// Chunks in each warp's ring: a power of two that holds a stage and the
+// lookahead.
+template <typename scalar_t>
+constexpr int kRingChunks = sizeof(scalar_t) == 2 ? 8 : 4;
+template <typename scalar_t>
+constexpr int kRingBytesPerWarp = kRingChunks<scalar_t> * (kChunkEntries * static_cast<int>(sizeof(scalar_t)) +
+                                                           kChunkNibbleBytes);
+static_assert(kRingChunks<c10::Half> >= kStageSteps<c10::Half> + 1 + kLookaheadChunks<c10::Half> &&
+                  kRingChunks<float> >= kStageSteps<float> + 1 + kLookaheadChunks<float>,
+              "a ring must hold a stage and its lookahead");
+// One warp's ring of chunks of its window of the stream. Chunk c holds the
+// entries [origin + 256c, origin + 256c + 256) in slot c % kChunks. Every
+// lane of the warp calls every method (the state is warp-uniform, but for
+// the lane's own source pointers).
+//
+// Chunks are issued in order, up to kAhead from the lowest chunk a stage
+// still reads; one commit group per chunk, an empty one for each chunk past
+// the window, so that a stage always finds exactly kLookahead groups
+// newer than the last chunk it needs, and waits with a constant. At the
+// start only the first stage's chunks are requested, so that they are not
+// queued behind every warp's lookahead.
+template <typename scalar_t>
+struct WarpRing {
+  static constexpr int kChunks = kRingChunks<scalar_t>;
+  static constexpr int kSteps = kStageSteps<scalar_t>;
+  static constexpr int kLookahead = kLookaheadChunks<scalar_t>;
+  static constexpr int kAhead = kSteps + 1 + kLookahead;
+  static constexpr int kEntries = kChunks * kChunkEntries;
+  static_assert((kChunks & (kChunks - 1)) == 0, "ring positions wrap with a mask");
+  static constexpr int kValueWords = GroupValues<scalar_t>::kWords;
+  static constexpr int kScalarsPerWord = 16 / sizeof(scalar_t);
+  // Lanes that copy a chunk's nibbles, 16 bytes (32 entries) each.
+  static constexpr int kNibbleLanes = kChunkNibbleBytes / 16;
+
+  // The window's origin is rounded down to a whole 16-byte copy of deltas
+  // (32 entries' nibbles), so every chunk's nibbles are 16-byte aligned.
+  static constexpr int kOriginEntries = 16 * 2;
+  static_assert(kChunkEntries % kOriginEntries == 0, "chunks start on whole 16-byte copies of deltas");
+
+  scalar_t* values;   // [kEntries], shared memory
+  uint32_t* nibbles;  // [kEntries / 8] words, shared memory
+  int64_t origin;     // first entry of chunk 0 (a multiple of kOriginEntries)
+  int limit;          // entries [0, limit) of the window may be read (a multiple of 8)
+  int issued;         // chunks whose (possibly empty) copy group has been committed
+  // The lane's sources in chunk `issued`: its group's values, and (lanes
+  // below kNibbleLanes) 16 bytes of deltas.
+  const scalar_t* lane_values;
+  const uint8_t* lane_deltas;
+
+  // The window is entries [first, end) of the stream, end <= n_entries;
+  // issues the chunks its first stage can read.
+  __device__ __forceinline__ void begin(const scalar_t* stream_values, const uint8_t* stream_deltas,
+                                        int64_t first, int64_t end, int lane) {
+    origin = first & ~int64_t{kOriginEntries - 1};
+    limit = static_cast<int>(((end + kGroupEntries - 1) & ~(kGroupEntries - 1)) - origin);
+    issued = 0;
+    lane_values = stream_values + origin + lane * kGroupEntries;
+    lane_deltas = stream_deltas + origin / 2 + lane * 16;
+    issue_up_to(kSteps + 1, lane);
+  }
+
+  // Copies chunk `issued` into its slot; nothing at or past `limit` is read.
+  __device__ __forceinline__ void copy_chunk(int lane) {
+    const int first = issued * kChunkEntries;
+    const int slot = first & (kEntries - 1);
+    scalar_t* value_slot = values + slot + lane * kGroupEntries;
+    uint8_t* nibble_slot = reinterpret_cast<uint8_t*>(nibbles) + slot / 2 + lane * 16;
+    if (first + kChunkEntries <= limit) {  // warp-uniform: a whole chunk
+#pragma unroll
+      for (int w = 0; w < kValueWords; ++w) {
+        copy16_async(value_slot + w * kScalarsPerWord, lane_values + w * kScalarsPerWord);
+      }
+      if (lane < kNibbleLanes) copy16_async(nibble_slot, lane_deltas);
+    } else {  // the window's last chunk
+      if (first + lane * kGroupEntries < limit) {
+#pragma unroll
+        for (int w = 0; w < kValueWords; ++w) {
+          copy16_async(value_slot + w * kScalarsPerWord, lane_values + w * kScalarsPerWord);
+        }
+      }
+      const int entries = limit - (first + lane * 32);  // a multiple of 8: 4 bytes of deltas
+      if (lane < kNibbleLanes && entries >= 32) {
+        copy16_async(nibble_slot, lane_deltas);
+      } else if (lane < kNibbleLanes) {
+        if (entries >= 8) copy4_async(nibble_slot, lane_deltas);
+        if (entries >= 16) copy4_async(nibble_slot + 4, lane_deltas + 4);
+        if (entries >= 24) copy4_async(nibble_slot + 8, lane_deltas + 8);
+      }
+    }
+  }
+
+  // Commits copy groups up to chunk target - 1, each with its chunk's
+  // copies if the chunk is in the window.
+  __device__ __forceinline__ void issue_up_to(int target, int lane) {
+    while (issued < target) {  // warp-uniform
+      if (issued * kChunkEntries < limit) copy_chunk(lane);
+      commit_async_copies();
+      lane_values += kChunkEntries;
+      lane_deltas += kChunkNibbleBytes;
+      ++issued;
+    }
+  }
+
+  // Before a stage that starts in chunk `lowest`: requests up to chunk
+  // lowest + kAhead - 1 (into slots of chunks before `lowest`, which no
+  // stage reads any more), then waits for chunks lowest .. lowest + kSteps,
+  // all that the stage can read.
+  __device__ __forceinline__ void prepare_stage(int lowest, int lane) {
+    if (issued < lowest + kAhead) {
+      __syncwarp();  // every lane has finished reading the slots refilled here
+      issue_up_to(lowest + kAhead, lane);
+    }
+    wait_async_copies<kLookahead>();
+    __syncwarp();  // each lane's copies become visible to the whole warp
+  }
+
+  // No copy may still be writing to shared memory when the warp exits.
+  __device__ __forceinline__ void drain() { wait_async_copies<0>(); }
+};
+
+}  // namespace multiply_impl
+}  // namespace cuda
+}  // namespace macko
