@@ -61,11 +61,11 @@ def test_strided_and_leading_dims(route, gen):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_dense_route_over_several_slabs(monkeypatch, dtype, gen):
-    """A matrix larger than one 16 MB slab: every slab's rows land in their
-    columns of y."""
+    """A matrix of more rows than one slab (2048 rows or 24 MB): every slab's
+    rows land in their columns of y."""
     monkeypatch.setenv("MACKO_MULTIPLY_ROUTE", "dense")
-    M = random_pruned(4100, 2050, 0.3, dtype, gen).cuda()
-    X = random_x((24, 2050), dtype, gen)
+    M = random_pruned(4100, 8200, 0.3, dtype, gen).cuda()
+    X = random_x((24, 8200), dtype, gen)
     assert_product_close(poisoned_multiply(macko_spmv.compress(M), X), M, X)
 
 

@@ -32,6 +32,30 @@ constexpr int kDecompressThreads = kDecompressWarps * kWarpSize;
 constexpr int kSegmentBytes = 4096;
 constexpr int kSharedBytes = kDecompressWarps * kSegmentBytes;
 
+// Warp steps whose loads each warp keeps in flight (registers: 5 a step for
+// 16-bit values, 9 for fp32).
+constexpr int kPrefetchSteps = 4;
+
+// A lane's group of one warp step, loaded ahead of its decoding. Groups
+// outside the row [begin, end) are not read (mask 0, all zero).
+template <typename scalar_t>
+struct StepGroup {
+  GroupValues<scalar_t> group;
+  uint32_t nibbles;
+  unsigned mask;
+
+  __device__ __forceinline__ void load(const scalar_t* values, const uint32_t* nibble_words, int64_t first,
+                                       int64_t begin, int64_t end) {
+    mask = group_row_mask(first, begin, end);
+    group.clear();
+    nibbles = 0;
+    if (mask) {
+      group.load(values, first);
+      nibbles = load_streaming(nibble_words + first / kGroupEntries);
+    }
+  }
+};
+
 // One warp's segment of a dense row in shared memory: columns
 // [lo, lo + kCols) of the row, zero wherever no entry has been stored.
 template <typename scalar_t>
@@ -103,42 +127,56 @@ __global__ void __launch_bounds__(kDecompressThreads)
     scalar_t* out_row = out + i * ld;
     unsigned lo = 0;          // first column of the segment being assembled
     unsigned prev_col = ~0u;  // column of the row's last entry so far (-1 before the first)
+    // The lane's groups of the next kPrefetchSteps steps, loaded before the
+    // first of them is decoded: a row is a serial walk, so each warp keeps
+    // several steps' loads in flight (one alone leaves the warp waiting on
+    // DRAM every step; slabs of the dense route have too few rows to hide
+    // that with more warps).
+    const int64_t first_step = begin & ~(kGroupEntries - 1);
+    StepGroup<scalar_t> ahead[kPrefetchSteps];
+#pragma unroll
+    for (int p = 0; p < kPrefetchSteps; ++p) {
+      ahead[p].load(values, nibble_words, first_step + p * kWarpStepEntries + lane * kGroupEntries, begin, end);
+    }
     // The walk stops at the last column: only a corrupted stream gets there
     // before its row ends.
-    for (int64_t step = begin & ~(kGroupEntries - 1); step < end && prev_col + 1u < ucols;
-         step += kWarpStepEntries) {
-      const int64_t first = step + lane * kGroupEntries;
-      const unsigned mask = group_row_mask(first, begin, end);
-      GroupValues<scalar_t> group;
-      uint32_t nibbles = 0;
-      group.clear();
-      if (mask) {
-        group.load(values, first);
-        nibbles = load_streaming(nibble_words + first / kGroupEntries);
-      }
-      const GroupSteps steps(nibbles, mask);
-      const uint32_t totals[1] = {steps.odd_offsets() >> 24};
-      unsigned base[1];
-      warp_group_bases(totals, lane, prev_col, base);
-      // The entries' columns; entries outside the row get ~0u, which no
-      // segment holds.
-      unsigned col[kGroupEntries];
-      for_each_column(steps, base[0], [&](int j, unsigned c) { col[j] = ((mask >> j) & 1u) ? c : ~0u; });
-      const scalar_t* entry = reinterpret_cast<const scalar_t*>(group.words);
-      // prev_col is now the column of the step's last entry (warp-uniform):
-      // store the step's entries, and copy out every segment the step ends.
-      while (true) {
-        const unsigned hi = lo + Seg::kCols;
+    for (int64_t round = first_step; round < end && prev_col + 1u < ucols;
+         round += kPrefetchSteps * kWarpStepEntries) {
 #pragma unroll
-        for (int j = 0; j < kGroupEntries; ++j) {
-          // col - lo wraps for columns before the segment (stored already).
-          if (col[j] - lo < static_cast<unsigned>(Seg::kCols) && col[j] < ucols) segment.cols[col[j] - lo] = entry[j];
+      for (int p = 0; p < kPrefetchSteps; ++p) {
+        const int64_t step = round + p * kWarpStepEntries;
+        if (step < end && prev_col + 1u < ucols) {  // warp-uniform
+          const GroupSteps steps(ahead[p].nibbles, ahead[p].mask);
+          const uint32_t totals[1] = {steps.odd_offsets() >> 24};
+          unsigned base[1];
+          warp_group_bases(totals, lane, prev_col, base);
+          // The entries' columns; entries outside the row get ~0u, which no
+          // segment holds.
+          unsigned col[kGroupEntries];
+          const unsigned mask = ahead[p].mask;
+          for_each_column(steps, base[0], [&](int j, unsigned c) { col[j] = ((mask >> j) & 1u) ? c : ~0u; });
+          const scalar_t* entry = reinterpret_cast<const scalar_t*>(ahead[p].group.words);
+          // prev_col is now the column of the step's last entry
+          // (warp-uniform): store the step's entries, and copy out every
+          // segment the step ends.
+          while (true) {
+            const unsigned hi = lo + Seg::kCols;
+#pragma unroll
+            for (int j = 0; j < kGroupEntries; ++j) {
+              // col - lo wraps for columns before the segment (stored already).
+              if (col[j] - lo < static_cast<unsigned>(Seg::kCols) && col[j] < ucols) {
+                segment.cols[col[j] - lo] = entry[j];
+              }
+            }
+            if (prev_col < hi || hi >= ucols) break;  // warp-uniform
+            __syncwarp();
+            segment.flush(out_row, lo, Seg::kCols, vector_rows, lane);
+            __syncwarp();
+            lo = hi;
+          }
         }
-        if (prev_col < hi || hi >= ucols) break;  // warp-uniform
-        __syncwarp();
-        segment.flush(out_row, lo, Seg::kCols, vector_rows, lane);
-        __syncwarp();
-        lo = hi;
+        ahead[p].load(values, nibble_words, step + kPrefetchSteps * kWarpStepEntries + lane * kGroupEntries, begin,
+                      end);
       }
     }
     __syncwarp();

@@ -210,21 +210,33 @@ __device__ __forceinline__ void warp_group_bases(const uint32_t (&totals)[kGroup
   }
 }
 
+// Columns a group's 8 entries can span past the column before its first
+// entry: 8 steps of at most kMaxDelta + 1.
+constexpr int kGroupMaxSpan = static_cast<int>(kGroupEntries) * (kMaxDelta + 1);
+
+// Calls visit(j, offset) for the lane's 8 entries in order, offset = the
+// entry's column minus the lane's base column (0 to kGroupMaxSpan; entries
+// outside the row repeat a neighbour's offset).
+template <typename Visit>
+__device__ __forceinline__ void for_each_offset(const GroupSteps& steps, Visit&& visit) {
+  const uint32_t odd_end = steps.odd_offsets();
+  const uint32_t even_end = odd_end - steps.odd;  // no borrows: byte k >= odd's byte k
+  visit(0, byte_at<0>(even_end));
+  visit(1, byte_at<0>(odd_end));
+  visit(2, byte_at<1>(even_end));
+  visit(3, byte_at<1>(odd_end));
+  visit(4, byte_at<2>(even_end));
+  visit(5, byte_at<2>(odd_end));
+  visit(6, byte_at<3>(even_end));
+  visit(7, byte_at<3>(odd_end));
+}
+
 // Calls visit(j, col) for the lane's 8 entries in order, col = the entry's
 // column (entries outside the row repeat a neighbour's column, or -1 before
 // a row's first entry).
 template <typename Visit>
 __device__ __forceinline__ void for_each_column(const GroupSteps& steps, unsigned base, Visit&& visit) {
-  const uint32_t odd_end = steps.odd_offsets();
-  const uint32_t even_end = odd_end - steps.odd;  // no borrows: byte k >= odd's byte k
-  visit(0, base + byte_at<0>(even_end));
-  visit(1, base + byte_at<0>(odd_end));
-  visit(2, base + byte_at<1>(even_end));
-  visit(3, base + byte_at<1>(odd_end));
-  visit(4, base + byte_at<2>(even_end));
-  visit(5, base + byte_at<2>(odd_end));
-  visit(6, base + byte_at<3>(even_end));
-  visit(7, base + byte_at<3>(odd_end));
+  for_each_offset(steps, [&](int j, unsigned offset) { visit(j, base + offset); });
 }
 
 }  // namespace cuda

@@ -9,10 +9,11 @@
 //   and multiply the slab with cuBLAS (at::mm_out), slab after slab. Its
 //   time is the dense GEMM's plus the decompress: the route for prompts
 //   (prefill), where the GEMM's arithmetic outweighs the matrix's bytes.
-//   The slab is small enough to stay in L2 between its decompress and its
-//   GEMM, so the dense bytes never go to DRAM; the scratch (at most
-//   kSlabBytes, from torch's caching allocator, so layers reuse one block
-//   and torch.cuda.empty_cache() frees it) is the only extra memory.
+//   A slab is small enough to stay in L2 between its decompress and its
+//   GEMM on the 4096-wide shapes, so the dense bytes need not go to DRAM;
+//   the scratch (one slab, kSlabBytes or kMinSlabRows rows, from torch's
+//   caching allocator, so layers reuse one block and
+//   torch.cuda.empty_cache() frees it) is the only extra memory.
 //
 // "auto" takes the stream route up to a batch that depends on the density
 // (kStreamMaxBatch*), the dense route above it: the crossovers measured on
@@ -46,9 +47,13 @@ Route requested_route() {
 constexpr int64_t kStreamMaxBatchDense = 8;
 constexpr int64_t kStreamMaxBatchSparse = 8;
 constexpr double kSparseStoredFraction = 0.25;
-// Bytes of one dense slab of the dense route: well inside the H100's and
-// H200's L2 (50 and 60 MB) beside the GEMM's operands.
-constexpr int64_t kSlabBytes = int64_t{16} << 20;
+// A dense slab of the dense route: about kSlabBytes, inside the H100's and
+// H200's L2 (50 and 60 MB) beside the GEMM's operands, but at least
+// kMinSlabRows rows: decompress walks one row per warp, and fewer rows leave
+// the GPU short of loads in flight (measured: 1024-row slabs of 8192x8192
+// took 3x the whole matrix's decompress).
+constexpr int64_t kSlabBytes = int64_t{24} << 20;
+constexpr int64_t kMinSlabRows = 2048;
 
 Route choose_route(int64_t batch, int64_t stored, int64_t rows, int64_t cols) {
   const Route requested = requested_route();
@@ -123,7 +128,7 @@ void multiply_dense(const at::Tensor& values, const at::Tensor& deltas, const at
     return;
   }
   const int64_t row_bytes = cols * static_cast<int64_t>(values.element_size());
-  const int64_t slab_rows = std::min(rows, std::max<int64_t>(1, kSlabBytes / row_bytes));
+  const int64_t slab_rows = std::min(rows, std::max(kMinSlabRows, kSlabBytes / row_bytes));
   at::Tensor scratch = at::empty({slab_rows, cols}, values.options());
   const FullPrecisionReductions full_precision;
   for (int64_t first = 0; first < rows; first += slab_rows) {
