@@ -166,12 +166,12 @@ __device__ __forceinline__ void stage_x_transposed(const scalar_t* x, int64_t x_
 }
 
 // Bytes of shared memory that hold x for a kernel: x_t's columns, and with
-// XLayout::kSharedPadded a zero column before them (rounded to 16 bytes) and
-// kGroupMaxSpan zero columns after.
+// XLayout::kSharedPadded kPadColumnsBefore zero columns before them (rounded
+// to 16 bytes) and kGroupMaxSpan zero columns after.
 template <typename scalar_t, int kBatch>
 struct SharedX {
   static constexpr int64_t kColumnBytes = kBatch * static_cast<int64_t>(sizeof(scalar_t));
-  static constexpr int64_t kPadBefore = (kColumnBytes + 15) / 16 * 16;
+  static constexpr int64_t kPadBefore = (kPadColumnsBefore * kColumnBytes + 15) / 16 * 16;
   static int64_t bytes(int64_t cols, XLayout layout) {
     const bool padded = layout == XLayout::kSharedPadded;
     const int64_t columns = cols + (padded ? kGroupMaxSpan : 0);

@@ -15,12 +15,15 @@ namespace multiply_impl {
 // How the kernel reads x_t ([cols][kBatch] scalars, or [cols] for one
 // right-hand side): from global memory, clamping every entry's column to
 // the last; or from shared memory, the same; or from shared memory padded
-// with a zero column before column 0 and kGroupMaxSpan zero columns after
-// the last, so that a group's base column is clamped once (to [-1, last])
-// and each entry's column is that base plus its offset, with no clamp per
-// entry (corrupted streams then read padding zeros instead of the last
-// column: still inside the array).
+// with kPadColumnsBefore zero columns before column 0 and kGroupMaxSpan
+// after the last, so that a group's base column is clamped once and each
+// entry's column is that base plus its offset, with no clamp per entry
+// (corrupted streams then read padding zeros instead of the last column:
+// still inside the array). The base of a row's first group can be as low
+// as -kGroupEntries: the up to 7 entries of the previous row that share
+// the group step one column each from -8 (multiply.cuh, "Row edges").
 enum class XLayout { kGlobal, kShared, kSharedPadded };
+constexpr int kPadColumnsBefore = static_cast<int>(kGroupEntries);
 
 // Where the kernel finds x_t, and how to read it.
 template <typename scalar_t>
@@ -42,7 +45,7 @@ __device__ __forceinline__ void for_each_x(const GroupSteps& steps, unsigned bas
   const scalar_t* x = source.x;
   const unsigned last_col = source.last_col;
   if constexpr (kLayout == XLayout::kSharedPadded) {
-    const int first = min(max(static_cast<int>(base), -1), static_cast<int>(last_col));
+    const int first = min(max(static_cast<int>(base), -kPadColumnsBefore), static_cast<int>(last_col));
     const char* group_x = reinterpret_cast<const char*>(x + static_cast<ptrdiff_t>(first) * kBatch);
     for_each_offset(steps, [&](int j, unsigned offset) {
       visit(j, reinterpret_cast<const scalar_t*>(group_x + offset * source.column_bytes));
