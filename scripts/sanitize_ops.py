@@ -52,8 +52,8 @@ for rows, cols, batch in [(140_001, 7, None), (3, 120_001, None), (5, 20_011, 8)
     A = macko_spmv.compress(pruned(rows, cols, 0.5, torch.float16))
     macko_spmv.multiply(A, torch.randn(*(() if batch is None else (batch,)), cols, generator=gen).half().cuda())
 
-# The dense route over several slabs (a slab is 24 MB of dense rows, at
-# least 2048 rows), and decompress's segments over a long row.
+# The dense route over several slabs (a slab is 32 MB of dense rows, at
+# least 4096 rows), and decompress's segments over a long row.
 A = macko_spmv.compress(pruned(4100, 8200, 0.3, torch.float16))
 os.environ["MACKO_MULTIPLY_ROUTE"] = "dense"
 macko_spmv.multiply(A, torch.randn(24, 8200, generator=gen).half().cuda())

@@ -61,7 +61,7 @@ def test_strided_and_leading_dims(route, gen):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_dense_route_over_several_slabs(monkeypatch, dtype, gen):
-    """A matrix of more rows than one slab (2048 rows or 24 MB): every slab's
+    """A matrix of more rows than one slab (4096 rows or 32 MB): every slab's
     rows land in their columns of y."""
     monkeypatch.setenv("MACKO_MULTIPLY_ROUTE", "dense")
     M = random_pruned(4100, 8200, 0.3, dtype, gen).cuda()

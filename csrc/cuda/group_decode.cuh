@@ -210,12 +210,8 @@ __device__ __forceinline__ void warp_group_bases(const uint32_t (&totals)[kGroup
   }
 }
 
-// Columns a group's 8 entries can span past the column before its first
-// entry: 8 steps of at most kMaxDelta + 1.
-constexpr int kGroupMaxSpan = static_cast<int>(kGroupEntries) * (kMaxDelta + 1);
-
 // Calls visit(j, offset) for the lane's 8 entries in order, offset = the
-// entry's column minus the lane's base column (0 to kGroupMaxSpan; entries
+// entry's column minus the lane's base column (0 to 8 x 16 = 128; entries
 // outside the row repeat a neighbour's offset).
 template <typename Visit>
 __device__ __forceinline__ void for_each_offset(const GroupSteps& steps, Visit&& visit) {

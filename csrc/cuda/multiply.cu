@@ -9,16 +9,15 @@
 //   and multiply the slab with cuBLAS (at::mm_out), slab after slab. Its
 //   time is the dense GEMM's plus the decompress: the route for prompts
 //   (prefill), where the GEMM's arithmetic outweighs the matrix's bytes.
-//   A slab is small enough to stay in L2 between its decompress and its
-//   GEMM on the 4096-wide shapes, so the dense bytes need not go to DRAM;
-//   the scratch (one slab, kSlabBytes or kMinSlabRows rows, from torch's
-//   caching allocator, so layers reuse one block and
-//   torch.cuda.empty_cache() frees it) is the only extra memory.
+//   The scratch is one slab (kSlabBytes, or kMinSlabRows rows if that is
+//   more), from torch's caching allocator, so layers reuse one block and
+//   torch.cuda.empty_cache() frees it; it is the only extra memory.
 //
 // "auto" takes the stream route up to a batch that depends on the density
 // (kStreamMaxBatch*), the dense route above it: the crossovers measured on
-// an H200 (benchmarks/NOTES.md). MACKO_MULTIPLY_ROUTE=stream|dense in the
-// environment overrides the choice on every call, for benchmarks and tests.
+// an H200 (benchmarks/NOTES.md, v13). MACKO_MULTIPLY_ROUTE=stream|dense in
+// the environment overrides the choice on every call, for benchmarks and
+// tests.
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -43,17 +42,20 @@ Route requested_route() {
 
 // Largest batch that "auto" sends to the streaming kernel, by the fraction
 // of entries stored: below kSparseStoredFraction the matrix's bytes weigh
-// more against the GEMM's, and the stream route wins up to larger batches.
+// more against the GEMM's, and the stream route wins up to larger batches
+// (H200, fp16: at d=0.5 two passes of 8 take longer than decompress +
+// GEMM, at d=0.1 they do not).
 constexpr int64_t kStreamMaxBatchDense = 8;
-constexpr int64_t kStreamMaxBatchSparse = 8;
+constexpr int64_t kStreamMaxBatchSparse = 16;
 constexpr double kSparseStoredFraction = 0.25;
-// A dense slab of the dense route: about kSlabBytes, inside the H100's and
-// H200's L2 (50 and 60 MB) beside the GEMM's operands, but at least
-// kMinSlabRows rows: decompress walks one row per warp, and fewer rows leave
-// the GPU short of loads in flight (measured: 1024-row slabs of 8192x8192
-// took 3x the whole matrix's decompress).
-constexpr int64_t kSlabBytes = int64_t{24} << 20;
-constexpr int64_t kMinSlabRows = 2048;
+// A dense slab of the dense route: kSlabBytes, but at least kMinSlabRows
+// rows. decompress walks one row per warp, a serial walk, so its time is
+// bound by the number of rows it can walk at once, not by DRAM (profiled on
+// an H200: slabs of 2048 rows of 8192x8192 decompressed at the whole
+// matrix's rate, ~17 us each, while their compressed bytes take ~5 us);
+// fewer, larger slabs also mean fewer launches.
+constexpr int64_t kSlabBytes = int64_t{32} << 20;
+constexpr int64_t kMinSlabRows = 4096;
 
 Route choose_route(int64_t batch, int64_t stored, int64_t rows, int64_t cols) {
   const Route requested = requested_route();

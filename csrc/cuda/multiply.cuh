@@ -57,8 +57,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -108,8 +106,7 @@ struct MultiplyArgs {
   int batch;            // right-hand sides that are real (the rest are padding)
   scalar_t* y;          // [batch][rows]
   int64_t warps;        // warp w takes rows [w * rows / warps, (w + 1) * rows / warps)
-  int x_shared_bytes;  // bytes of shared memory before the rings (SharedX: x_t and padding, 16-byte aligned)
-  unsigned x_column_bytes;  // kBatch * sizeof(scalar_t), see XSource
+  int x_shared_bytes;  // bytes of shared memory before the rings (x_t, 16-byte aligned)
 };
 
 // Copies x_t ([cols * kBatch] scalars, 16-byte aligned) into shared memory:
@@ -165,22 +162,8 @@ __device__ __forceinline__ void stage_x_transposed(const scalar_t* x, int64_t x_
   }
 }
 
-// Bytes of shared memory that hold x for a kernel: x_t's columns, and with
-// XLayout::kSharedPadded kPadColumnsBefore zero columns before them (rounded
-// to 16 bytes) and kGroupMaxSpan zero columns after.
-template <typename scalar_t, int kBatch>
-struct SharedX {
-  static constexpr int64_t kColumnBytes = kBatch * static_cast<int64_t>(sizeof(scalar_t));
-  static constexpr int64_t kPadBefore = (kPadColumnsBefore * kColumnBytes + 15) / 16 * 16;
-  static int64_t bytes(int64_t cols, XLayout layout) {
-    const bool padded = layout == XLayout::kSharedPadded;
-    const int64_t columns = cols + (padded ? kGroupMaxSpan : 0);
-    return (padded ? kPadBefore : 0) + (columns * kColumnBytes + 15) / 16 * 16;
-  }
-};
-
-template <typename scalar_t, typename index_t, int kBatch, XLayout kLayout>
-__global__ void __launch_bounds__(kMaxThreads<kBatch, kLayout != XLayout::kGlobal>, 1)
+template <typename scalar_t, typename index_t, int kBatch, bool kSharedX>
+__global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
     multiply_kernel(const MultiplyArgs<scalar_t, index_t> args) {
   extern __shared__ uint4 shared_words[];
   constexpr int kSteps = kStageSteps<scalar_t>;
@@ -225,27 +208,18 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kLayout != XLayout::kGloba
   }
 
   const scalar_t* x = args.x_t;
-  if constexpr (kLayout != XLayout::kGlobal) {
-    constexpr bool kPadded = kLayout == XLayout::kSharedPadded;
-    uint4* x_words = shared_words + (kPadded ? SharedX<scalar_t, kBatch>::kPadBefore / 16 : 0);
+  if constexpr (kSharedX) {
     if constexpr (kBatch == 1) {
-      stage_x<scalar_t, 1>(args.x, args.cols, x_words);
+      stage_x<scalar_t, 1>(args.x, args.cols, shared_words);
     } else {
-      stage_x_transposed<scalar_t, kBatch>(args.x, args.x_stride, args.batch, args.cols, x_words);
-    }
-    if constexpr (kPadded) {  // the zero columns around x_t
-      for (int i = threadIdx.x; i < SharedX<scalar_t, kBatch>::kPadBefore / 16; i += blockDim.x) {
-        shared_words[i] = make_uint4(0, 0, 0, 0);
-      }
-      scalar_t* after = reinterpret_cast<scalar_t*>(x_words) + static_cast<int64_t>(args.cols) * kBatch;
-      for (int i = threadIdx.x; i < kGroupMaxSpan * kBatch; i += blockDim.x) after[i] = scalar_t(0);
+      stage_x_transposed<scalar_t, kBatch>(args.x, args.x_stride, args.batch, args.cols, shared_words);
     }
     __syncthreads();
-    x = reinterpret_cast<const scalar_t*>(x_words);
+    x = reinterpret_cast<const scalar_t*>(shared_words);
   }
   if (first_row >= args.rows) return;  // warp-uniform, after the block's barrier
 
-  const XSource<scalar_t> source{x, static_cast<unsigned>(args.cols - 1), args.x_column_bytes};
+  const unsigned last_col = static_cast<unsigned>(args.cols - 1);
   RowDot<scalar_t, kBatch, kUseTensorCores<scalar_t, kBatch>> dot;
   int prev_end = __shfl_sync(kFullMask, pointer, 0);  // lane 0's pointer: the window's start
   for (int64_t row = first_row; row < end_row; ++row) {
@@ -310,7 +284,7 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kLayout != XLayout::kGloba
 #pragma unroll
       for (int u = 0; u < kSteps; ++u) {
         if (u == 0 || step + u * kWarpStepEntries < row_end) {  // warp-uniform
-          dot.template add_group<kLayout>(group[u], steps[u], base[u], source);
+          dot.add_group(group[u], steps[u], base[u], x, last_col);
         }
       }
 
@@ -333,21 +307,11 @@ void launch_multiply(const MultiplyProblem& problem) {
   const DeviceFacts& facts = device_facts(device);
   constexpr int ring_bytes = kRingBytesPerWarp<scalar_t>;
   // x_t goes to shared memory when a block of kMinWarpsPerBlock warps still
-  // fits beside it, padded (XLayout) unless MACKO_SHARED_X=clamped asks for
-  // the per-entry clamp (an A/B switch for the benchmarks); otherwise it is
-  // gathered from global memory (L1/L2).
-  const char* shared_x_env = std::getenv("MACKO_SHARED_X");
-  const XLayout shared_layout = shared_x_env != nullptr && std::strcmp(shared_x_env, "clamped") == 0
-                                    ? XLayout::kShared
-                                    : XLayout::kSharedPadded;
-  const int64_t x_bytes = SharedX<scalar_t, kBatch>::bytes(cols, shared_layout);
+  // fits beside it; otherwise it is gathered from global memory (L1/L2).
+  const int64_t x_bytes = (cols * kBatch * static_cast<int64_t>(sizeof(scalar_t)) + 15) / 16 * 16;
   const bool shared_x = x_bytes + kMinWarpsPerBlock * ring_bytes <= facts.max_shared_per_block;
-  const XLayout layout = shared_x ? shared_layout : XLayout::kGlobal;
-  const void* kernel =
-      layout == XLayout::kSharedPadded
-          ? reinterpret_cast<const void*>(multiply_kernel<scalar_t, index_t, kBatch, XLayout::kSharedPadded>)
-      : layout == XLayout::kShared ? reinterpret_cast<const void*>(multiply_kernel<scalar_t, index_t, kBatch, XLayout::kShared>)
-                                   : reinterpret_cast<const void*>(multiply_kernel<scalar_t, index_t, kBatch, XLayout::kGlobal>);
+  const void* kernel = shared_x ? reinterpret_cast<const void*>(multiply_kernel<scalar_t, index_t, kBatch, true>)
+                                : reinterpret_cast<const void*>(multiply_kernel<scalar_t, index_t, kBatch, false>);
   const int x_shared_bytes = shared_x ? static_cast<int>(x_bytes) : 0;
 
   // The block size that keeps the most warps resident per SM (ties: the
@@ -403,18 +367,33 @@ void launch_multiply(const MultiplyProblem& problem) {
   args.y = problem.y.mutable_data_ptr<scalar_t>();
   args.warps = warps;
   args.x_shared_bytes = x_shared_bytes;
-  args.x_column_bytes = kBatch * sizeof(scalar_t);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(blocks)), block(warps_per_block * kWarpSize);
-  if (layout == XLayout::kSharedPadded) {
-    multiply_kernel<scalar_t, index_t, kBatch, XLayout::kSharedPadded><<<grid, block, shared_bytes, stream>>>(args);
-  } else if (layout == XLayout::kShared) {
-    multiply_kernel<scalar_t, index_t, kBatch, XLayout::kShared><<<grid, block, shared_bytes, stream>>>(args);
+  if (shared_x) {
+    multiply_kernel<scalar_t, index_t, kBatch, true><<<grid, block, shared_bytes, stream>>>(args);
   } else {
-    multiply_kernel<scalar_t, index_t, kBatch, XLayout::kGlobal><<<grid, block, shared_bytes, stream>>>(args);
+    multiply_kernel<scalar_t, index_t, kBatch, false><<<grid, block, shared_bytes, stream>>>(args);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+// Runs y = M x_t for one value dtype, with kernels of every batch width
+// (instantiated once per dtype, in multiply_<dtype>.cu, so that the
+// dtypes compile in parallel). width: the kernel batch width (1, 2, 4, 8)
+// that x_t [cols][width] was padded to; batch: the real right-hand sides.
+template <typename scalar_t>
+void multiply_typed(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices,
+                    int64_t rows, int64_t cols, const at::Tensor& x_t, int width, int batch, at::Tensor& y) {
+  MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
+    switch (width) {
+      case 1: launch_multiply<scalar_t, index_t, 1>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
+      case 2: launch_multiply<scalar_t, index_t, 2>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
+      case 4: launch_multiply<scalar_t, index_t, 4>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
+      default: launch_multiply<scalar_t, index_t, 8>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
+    }
+  });
+}
+
 
 // Runs y = M x for one value dtype, with the kernel of the problem's batch
 // width (instantiated once per dtype, in multiply_<dtype>.cu, so that the

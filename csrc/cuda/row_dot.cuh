@@ -12,60 +12,18 @@ namespace macko {
 namespace cuda {
 namespace multiply_impl {
 
-// How the kernel reads x_t ([cols][kBatch] scalars, or [cols] for one
-// right-hand side): from global memory, clamping every entry's column to
-// the last; or from shared memory, the same; or from shared memory padded
-// with kPadColumnsBefore zero columns before column 0 and kGroupMaxSpan
-// after the last, so that a group's base column is clamped once and each
-// entry's column is that base plus its offset, with no clamp per entry
-// (corrupted streams then read padding zeros instead of the last column:
-// still inside the array). The base of a row's first group can be as low
-// as -kGroupEntries: the up to 7 entries of the previous row that share
-// the group step one column each from -8 (multiply.cuh, "Row edges").
-enum class XLayout { kGlobal, kShared, kSharedPadded };
-constexpr int kPadColumnsBefore = static_cast<int>(kGroupEntries);
-
-// Where the kernel finds x_t, and how to read it.
-template <typename scalar_t>
-struct XSource {
-  const scalar_t* x;  // column 0 of x_t
-  unsigned last_col;
-  // Bytes per column of x_t (kBatch scalars), passed at run time on
-  // purpose: the padded gather's address, base + offset * column_bytes, is
-  // then one IMAD on the FMA pipe instead of a shift-and-add on the integer
-  // pipe, which the kernel saturates (benchmarks/NOTES.md).
-  unsigned column_bytes;
-};
-
-// Calls visit(j, column) for the lane's 8 entries in order, column = a
-// pointer to the kBatch scalars of x_t at the entry's column.
-template <XLayout kLayout, int kBatch, typename scalar_t, typename Visit>
-__device__ __forceinline__ void for_each_x(const GroupSteps& steps, unsigned base, const XSource<scalar_t>& source,
-                                           Visit&& visit) {
-  const scalar_t* x = source.x;
-  const unsigned last_col = source.last_col;
-  if constexpr (kLayout == XLayout::kSharedPadded) {
-    const int first = min(max(static_cast<int>(base), -kPadColumnsBefore), static_cast<int>(last_col));
-    const char* group_x = reinterpret_cast<const char*>(x + static_cast<ptrdiff_t>(first) * kBatch);
-    for_each_offset(steps, [&](int j, unsigned offset) {
-      visit(j, reinterpret_cast<const scalar_t*>(group_x + offset * source.column_bytes));
-    });
-  } else {
-    for_each_column(steps, base, [&](int j, unsigned col) { visit(j, x + static_cast<size_t>(min(col, last_col)) * kBatch); });
-  }
-}
-
-// kBatch consecutive scalars at `column` (aligned to their width), as
-// floats, in as few loads as their width allows.
+// kBatch consecutive scalars of x_t at one column, as floats, in as few
+// loads as their width allows (x_t rows are aligned to their width). x_t is
+// in shared memory or, when it does not fit there, in global memory.
 template <typename scalar_t, int kBatch>
-__device__ __forceinline__ void load_x(const scalar_t* column, float (&out)[kBatch]) {
+__device__ __forceinline__ void load_x(const scalar_t* x_t, unsigned col, float (&out)[kBatch]) {
   constexpr int kBytes = kBatch * sizeof(scalar_t);
   using Word = std::conditional_t<(kBytes >= 16), uint4,
                std::conditional_t<kBytes == 8, uint2,
                std::conditional_t<kBytes == 4, unsigned, unsigned short>>>;
   constexpr int kWords = kBytes >= 16 ? kBytes / 16 : 1;
   Word raw[kWords];
-  const Word* p = reinterpret_cast<const Word*>(column);
+  const Word* p = reinterpret_cast<const Word*>(x_t + static_cast<size_t>(col) * kBatch);
 #pragma unroll
   for (int w = 0; w < kWords; ++w) raw[w] = p[w];
 #pragma unroll
@@ -73,14 +31,15 @@ __device__ __forceinline__ void load_x(const scalar_t* column, float (&out)[kBat
 }
 
 // acc[b] += the lane's 8 values x their gathered x (right-hand side b), in
-// fp32 FMAs. Entries outside the row have value 0 here; kLayout keeps their
-// columns, and a corrupted stream's, inside x.
-template <XLayout kLayout, typename scalar_t, int kBatch>
+// fp32 FMAs. Entries outside the row have value 0 here; the clamp keeps
+// their columns, and a corrupted stream's, inside x.
+template <typename scalar_t, int kBatch>
 __device__ __forceinline__ void fma_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
-                                          unsigned base, const XSource<scalar_t>& source, float (&acc)[kBatch]) {
-  for_each_x<kLayout, kBatch>(steps, base, source, [&](int j, const scalar_t* column) {
+                                          unsigned base, const scalar_t* x, unsigned last_col,
+                                          float (&acc)[kBatch]) {
+  for_each_column(steps, base, [&](int j, unsigned col) {
     float xv[kBatch];
-    load_x<scalar_t, kBatch>(column, xv);
+    load_x<scalar_t, kBatch>(x, min(col, last_col), xv);
     const float v = group[j];
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) acc[b] = fmaf(v, xv[b], acc[b]);
@@ -97,10 +56,9 @@ struct RowDot {
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) acc[b] = 0.0f;
   }
-  template <XLayout kLayout>
   __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
-                                            unsigned base, const XSource<scalar_t>& source) {
-    fma_group<kLayout>(group, steps, base, source, acc);
+                                            unsigned base, const scalar_t* x, unsigned last_col) {
+    fma_group(group, steps, base, x, last_col, acc);
   }
   // The warp's sum for right-hand side b (in every lane).
   __device__ __forceinline__ float total(int b, int /*lane*/) const { return warp_sum(acc[b]); }
@@ -148,18 +106,16 @@ struct RowDot<scalar_t, 1, true> {
     for (int i = 0; i < 4; ++i) low[i] = high[i] = 0.0f;
   }
 
-  template <XLayout kLayout>
   __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
-                                            unsigned base, const XSource<scalar_t>& source) {
+                                            unsigned base, const scalar_t* x, unsigned last_col) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     float acc[1] = {low[0]};
-    fma_group<kLayout>(group, steps, base, source, acc);
+    fma_group(group, steps, base, x, last_col, acc);
     low[0] = acc[0];
 #else
+    const unsigned short* x_bits = reinterpret_cast<const unsigned short*>(x);
     uint32_t xs[kGroupEntries];
-    for_each_x<kLayout, 1>(steps, base, source, [&](int j, const scalar_t* column) {
-      xs[j] = *reinterpret_cast<const unsigned short*>(column);
-    });
+    for_each_column(steps, base, [&](int j, unsigned col) { xs[j] = x_bits[min(col, last_col)]; });
     const uint32_t a[4] = {__byte_perm(xs[0], xs[1], 0x5410), __byte_perm(xs[4], xs[5], 0x5410),
                            __byte_perm(xs[2], xs[3], 0x5410), __byte_perm(xs[6], xs[7], 0x5410)};
     const uint4 v = group.words[0];  // entries (0, 1), (2, 3), (4, 5), (6, 7) as pairs
@@ -182,20 +138,21 @@ struct RowDot<scalar_t, 1, true> {
   }
 };
 
-// The raw bits of kBatch consecutive 16-bit scalars at `column` (aligned to
-// their width), as kBatch / 2 words: word p holds right-hand sides 2p (low
-// half) and 2p + 1 (high half).
+// The raw bits of kBatch consecutive 16-bit scalars of x_t at one column,
+// as kBatch / 2 words: word p holds right-hand sides 2p (low half) and
+// 2p + 1 (high half). x_t rows are aligned to their width.
 template <int kBatch>
-__device__ __forceinline__ void load_x_pairs(const void* column, uint32_t (&out)[kBatch / 2]) {
+__device__ __forceinline__ void load_x_pairs(const void* x_t, unsigned col, uint32_t (&out)[kBatch / 2]) {
   static_assert(kBatch == 2 || kBatch == 4 || kBatch == 8, "2, 4 or 8 right-hand sides");
+  const char* row = static_cast<const char*>(x_t) + static_cast<size_t>(col) * kBatch * 2;
   if constexpr (kBatch == 8) {
-    const uint4 w = *static_cast<const uint4*>(column);
+    const uint4 w = *reinterpret_cast<const uint4*>(row);
     out[0] = w.x, out[1] = w.y, out[2] = w.z, out[3] = w.w;
   } else if constexpr (kBatch == 4) {
-    const uint2 w = *static_cast<const uint2*>(column);
+    const uint2 w = *reinterpret_cast<const uint2*>(row);
     out[0] = w.x, out[1] = w.y;
   } else {
-    out[0] = *static_cast<const uint32_t*>(column);
+    out[0] = *reinterpret_cast<const uint32_t*>(row);
   }
 }
 
@@ -227,20 +184,18 @@ struct RowDot<scalar_t, kBatch, true> {
     }
   }
 
-  template <XLayout kLayout>
   __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
-                                            unsigned base, const XSource<scalar_t>& source) {
+                                            unsigned base, const scalar_t* x, unsigned last_col) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     float sums[kBatch];
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) sums[b] = acc[b / 2][b % 2];
-    fma_group<kLayout>(group, steps, base, source, sums);
+    fma_group(group, steps, base, x, last_col, sums);
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) acc[b / 2][b % 2] = sums[b];
 #else
     uint32_t xs[kGroupEntries][kPairs];
-    for_each_x<kLayout, kBatch>(steps, base, source,
-                                [&](int j, const scalar_t* column) { load_x_pairs<kBatch>(column, xs[j]); });
+    for_each_column(steps, base, [&](int j, unsigned col) { load_x_pairs<kBatch>(x, min(col, last_col), xs[j]); });
     const uint4 v = group.words[0];  // entries (0, 1), (2, 3), (4, 5), (6, 7) as pairs
 #pragma unroll
     for (int p = 0; p < kPairs; ++p) {
