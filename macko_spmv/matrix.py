@@ -193,6 +193,12 @@ def multiply(A, x):
 
     Returns:
       y: [..., rows] in A's dtype; products are summed in float32.
+
+    Each stored entry is multiplied by x at its column, and nothing else
+    is: an inf or NaN in x reaches y[r] only through row r's stored entries,
+    which include the padding zeros of long zero runs (0 * inf = NaN),
+    while a zero the format skips contributes nothing (a dense product
+    would give NaN there).
     """
     A = as_macko_matrix(A)
     if not isinstance(x, torch.Tensor):
