@@ -325,7 +325,8 @@ def build_env_problem(torch_error, isolated_env, setuptools_version):
         return (f"{NO_ISOLATION_HELP}This build runs in an isolated build environment ({isolated_env}), "
                 "which does not see your torch.")
     if torch_error is not None:
-        return f"{NO_ISOLATION_HELP}torch is not installed in this environment ({torch_error})."
+        return (f"{NO_ISOLATION_HELP}torch cannot be imported here ({torch_error}): it is not installed, or "
+                "this build runs in an isolated build environment, which hides it.")
     release = tuple(int(part) for part in re.findall(r"\d+", setuptools_version)[:2])
     if release < MIN_SETUPTOOLS:
         return (f"setuptools {setuptools_version} is too old to build macko-spmv (needs "

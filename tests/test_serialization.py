@@ -42,7 +42,8 @@ def assert_same_model(target, model, tokens):
     assert target.head.weight is target.embed.weight  # tied weights stay tied
     assert not any(tensor.is_meta for _, tensor in all_tensors(target))
     with torch.no_grad():
-        assert torch.equal(target(tokens.to(target.embed.weight.device)).cpu(), model(tokens).cpu())
+        loaded, saved = (m(tokens.to(m.embed.weight.device)).cpu() for m in (target, model))
+    assert torch.equal(loaded, saved)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
