@@ -311,7 +311,7 @@ def main(argv=None):
     if args.kernels != "all":
         kernels = [k for k in args.kernels.split(",") if k in kernels]
     build = macko_spmv.ops.build_info()
-    gpu = (not args.no_gpu and torch.cuda.is_available() and build.get("cuda", "none") != "none")
+    gpu = (not args.no_gpu and torch.cuda.is_available() and build["cuda"] is not None)
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     out_dir = args.out or os.path.join("benchmarks", "results", f"compress-{'gpu' if gpu else 'cpu'}-{date}")
     os.makedirs(out_dir, exist_ok=True)

@@ -21,20 +21,51 @@ PyObject* PyInit__C(void) {
 
 namespace macko {
 
-// Compiled-in facts about this build, for `python -m macko_spmv info`.
+namespace {
+
+// A JSON string literal: the build facts come from setup.py's command line,
+// so quote what JSON needs quoted rather than trust them.
+std::string json_string(const char* text) {
+  std::string out = "\"";
+  for (const char* p = text; *p; ++p) {
+    const unsigned char c = static_cast<unsigned char>(*p);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += *p;
+    } else if (c < 0x20) {
+      static const char kHex[] = "0123456789abcdef";
+      out += "\\u00";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xF];
+    } else {
+      out += *p;
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+// Compiled-in facts about this build, as a JSON object (macko_spmv.ops.
+// build_info parses it): a structured format, since values such as the
+// architecture list "8.0;9.0+PTX" hold any separator a flat one would use.
+//   torch:  the torch version compiled against
+//   cuda:   the CUDA version of the GPU kernels, null without them
+//   arch:   their TORCH_CUDA_ARCH_LIST, null without them
+//   openmp: whether the CPU ops run in parallel (at::parallel_for is inline
+//           and only parallel in code compiled with OpenMP)
 std::string build_info() {
-  std::string info = "torch=" MACKO_TORCH_VERSION;
+  std::string info = "{\"torch\": " + json_string(MACKO_TORCH_VERSION);
 #ifdef MACKO_WITH_CUDA
-  info += ";cuda=" MACKO_CUDA_VERSION ";arch=" MACKO_CUDA_ARCHS;
+  info += ", \"cuda\": " + json_string(MACKO_CUDA_VERSION);
+  info += ", \"arch\": " + json_string(MACKO_CUDA_ARCHS);
 #else
-  info += ";cuda=none";
+  info += ", \"cuda\": null, \"arch\": null";
 #endif
-  // Whether the CPU ops run in parallel: at::parallel_for is inline and
-  // only parallel in code compiled with OpenMP.
 #ifdef _OPENMP
-  info += ";openmp=1";
+  info += ", \"openmp\": true}";
 #else
-  info += ";openmp=0";
+  info += ", \"openmp\": false}";
 #endif
   return info;
 }

@@ -16,6 +16,8 @@ namespace {
 void validate(const at::Tensor& values, const at::Tensor& deltas,
               const at::Tensor& row_indices, int64_t rows, int64_t cols) {
   check_compressed(values, deltas, row_indices, rows, cols);
+  TORCH_CHECK_VALUE(!values.is_meta(),
+                    "validate reads the arrays' contents, which tensors on the meta device do not have");
   const at::Tensor starts = row_indices.to(at::kLong);
   const int64_t n_padded = values.numel();
   TORCH_CHECK_VALUE(starts[0].item<int64_t>() == 0, "row_indices[0] must be 0, got ",

@@ -5,13 +5,18 @@
     y = macko_spmv.multiply(A, x)          # x [..., cols] -> y [..., rows]
     W = macko_spmv.decompress(A)           # back to dense
 
+    macko_spmv.sparsify(model)             # nn.Linear -> MackoLinear, in place
+    macko_spmv.save(model, "model.safetensors")
+    macko_spmv.load(dense_model, "model.safetensors")
+
 The ops are also torch.ops.macko_spmv.{compress, decompress, multiply}.
 """
 
 from . import ops
 from .matrix import MackoMatrix, compress, decompress, multiply
 from . import nn
-from .nn import MackoLinear, densify, sparsify
+from .nn import MackoLinear, SparsifyReport, densify, sparsify
+from .serialization import load, save
 
 __version__ = "0.1.0"
 
@@ -24,6 +29,9 @@ __all__ = [
     "nn",
     "MackoLinear",
     "sparsify",
+    "SparsifyReport",
     "densify",
+    "save",
+    "load",
     "__version__",
 ]

@@ -233,7 +233,9 @@ def convert(model, progress=False):
     """sparsify restricted to the decoder linear layers, every one of them
     whatever its sparsity; checks that each was converted."""
     expected = len(decoder_linear_names(model))
-    report = macko_spmv.sparsify(model, min_sparsity=0.0, include=DECODER_LINEAR, progress=progress, verbose=False)
+    report = macko_spmv.SparsifyReport()
+    macko_spmv.sparsify(model, min_sparsity=0.0, include=DECODER_LINEAR, progress=progress, verbose=False,
+                        report=report)
     if len(report.converted) != expected:
         reasons = "; ".join(f"{layer.name}: {layer.reason}" for layer in report.skipped
                             if DECODER_LINEAR.search(layer.name))  # fmt: skip

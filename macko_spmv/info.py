@@ -1,5 +1,6 @@
 """`python -m macko_spmv info`: what this build of macko-spmv was made for."""
 
+import argparse
 import re
 
 import torch
@@ -27,19 +28,28 @@ def build_config():
 
 
 def main(argv=None):
+    argparse.ArgumentParser(
+        prog="python -m macko_spmv info",
+        description="Prints the version and variant of this macko-spmv build, the torch, CUDA version and GPU "
+                    "architectures it was built for, the torch it runs with, and whether each visible GPU is "
+                    "covered.",
+    ).parse_args(argv)
     info = ops.build_info()
     config = build_config()
     if config is None:
         print(f"macko-spmv {__version__}")
     else:
         print(f"macko-spmv {config.VERSION} (variant {config.VARIANT}, requires {config.TORCH_REQUIREMENT})")
-    print(f"built with torch {info['torch']}, CUDA {info['cuda']}")
-    if config is not None and (config.TORCH_VERSION, config.CUDA_VERSION or "none") != (info["torch"], info["cuda"]):
+        if getattr(config, "WHEEL_INDEX", None):
+            print(f"wheel index of this variant: {config.WHEEL_INDEX}/{config.VARIANT}")
+    print(f"built with torch {info['torch']}, CUDA {info['cuda'] or 'none'}")
+    if config is not None and (config.TORCH_VERSION, config.CUDA_VERSION) != (info["torch"], info["cuda"]):
         print(f"warning: macko_spmv/_build_config.py records torch {config.TORCH_VERSION}, CUDA "
               f"{config.CUDA_VERSION}: stale, from another build; rebuild")
     print(f"running with torch {torch.__version__}, CUDA {torch.version.cuda}")
-    if info["cuda"] == "none":
-        print("GPU kernels: not built (CPU-only extension)")
+    if info["cuda"] is None:
+        because = getattr(config, "CPU_ONLY_BECAUSE", None)
+        print("GPU kernels: not built (CPU-only extension" + (f": {because})" if because else ")"))
         return 0
     archs, ptx = compiled_archs(info["arch"])
     print(f"GPU architectures: {info['arch']}")

@@ -1,5 +1,7 @@
 """MackoMatrix and the functional API: compress, decompress, multiply."""
 
+import operator
+
 import torch
 
 from . import ops
@@ -28,6 +30,11 @@ class MackoMatrix(tuple):
     Building one from arrays checks them all (:func:`validate`) and raises
     ValueError or TypeError naming the first problem; pass
     ``validate=False`` only for arrays that come from :func:`compress`.
+    rows and cols must be integers (int or anything with ``__index__``).
+
+    Pickling (``torch.save``) stores the arrays and the shape; unpickling
+    validates them again, and ``torch.load`` with its default
+    ``weights_only=True`` accepts the class (a registered safe global).
     """
 
     __slots__ = ()
@@ -36,13 +43,17 @@ class MackoMatrix(tuple):
         for name, array in (("values", values), ("deltas", deltas), ("row_indices", row_indices)):
             if not isinstance(array, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(array).__name__}")
-        self = super().__new__(cls, (values, deltas, row_indices, int(rows), int(cols)))
+        self = super().__new__(cls, (values, deltas, row_indices, _dimension(rows, "rows"), _dimension(cols, "cols")))
         if validate:
             ops.validate(*self)
         return self
 
-    def __getnewargs_ex__(self):  # pickling: rebuilt without re-validation
-        return tuple(self), {"validate": False}
+    def __getnewargs__(self):
+        # Positional arguments only, so that pickle writes a plain NEWOBJ,
+        # which torch's weights-only unpickler runs for a safe global; the
+        # matrix is then validated as any built from arrays (a file is
+        # outside data).
+        return tuple(self)
 
     values = property(lambda self: self[0], doc="stored values, 1-D [n_padded]")
     deltas = property(lambda self: self[1], doc="packed 4-bit column gaps, 1-D uint8 [n_padded / 2]")
@@ -85,17 +96,23 @@ class MackoMatrix(tuple):
         elements = self.rows * self.cols
         return self.stored_entries / elements if elements else 0.0
 
-    def to(self, device=None, dtype=None, non_blocking=False):
-        """A copy on another device and/or with another value dtype.
+    def to(self, *args, copy=False, **kwargs):
+        """The matrix on another device and/or with another value dtype.
 
-        Converting the dtype keeps the sparsity pattern of this matrix; a
-        value that rounds to zero in the new dtype stays stored as a zero.
+        Takes the arguments of ``Tensor.to``: ``to(device)``, ``to(dtype)``,
+        ``to(device, dtype)``, ``to(tensor)`` (its device and dtype), each
+        with ``non_blocking`` and ``copy`` (as keywords); the dtype must be
+        float16, bfloat16 or float32. As with ``Tensor.to``, arrays that
+        need no conversion are shared unless ``copy=True``. Converting the
+        dtype keeps the sparsity pattern of this matrix; a value that rounds
+        to zero in the new dtype stays stored as a zero.
         """
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
         if dtype is not None and dtype not in VALUE_DTYPES:
             raise TypeError(f"dtype must be one of {VALUE_DTYPES}, got {dtype}")
-        values = self.values.to(device=device, dtype=dtype, non_blocking=non_blocking)
-        deltas = self.deltas.to(device=device, non_blocking=non_blocking)
-        row_indices = self.row_indices.to(device=device, non_blocking=non_blocking)
+        values = self.values.to(device=device, dtype=dtype, non_blocking=non_blocking, copy=copy)
+        deltas = self.deltas.to(device=device, non_blocking=non_blocking, copy=copy)
+        row_indices = self.row_indices.to(device=device, non_blocking=non_blocking, copy=copy)
         return MackoMatrix(values, deltas, row_indices, self.rows, self.cols, validate=False)
 
     def cuda(self, device=None):
@@ -109,10 +126,27 @@ class MackoMatrix(tuple):
         ops.validate(*self)
 
     def __repr__(self):
+        # On the meta device the arrays have no contents to count.
+        stored = "" if self.device.type == "meta" else f"stored_fraction={self.stored_fraction:.3f}, "
         return (
             f"MackoMatrix(shape=({self.rows}, {self.cols}), dtype={self.dtype}, "
-            f"device={self.device}, stored_fraction={self.stored_fraction:.3f}, nbytes={self.nbytes})"
+            f"device={self.device}, {stored}nbytes={self.nbytes})"
         )
+
+
+# torch.load(weights_only=True) may build MackoMatrix objects.
+torch.serialization.add_safe_globals([MackoMatrix])
+
+
+def _dimension(size, name):
+    """size as an int; a TypeError for anything but an integer (a float
+    would be truncated, a string parsed)."""
+    if isinstance(size, bool):
+        raise TypeError(f"{name} must be an integer, got a bool")
+    try:
+        return operator.index(size)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(size).__name__} {size!r}") from None
 
 
 def as_macko_matrix(A):
@@ -159,6 +193,12 @@ def multiply(A, x):
 
     Returns:
       y: [..., rows] in A's dtype; products are summed in float32.
+
+    Each stored entry is multiplied by x at its column, and nothing else
+    is: an inf or NaN in x reaches y[r] only through row r's stored entries,
+    which include the padding zeros of long zero runs (0 * inf = NaN),
+    while a zero the format skips contributes nothing (a dense product
+    would give NaN there).
     """
     A = as_macko_matrix(A)
     if not isinstance(x, torch.Tensor):

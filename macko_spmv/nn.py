@@ -1,9 +1,10 @@
 """Layers and model conversion: MackoLinear, sparsify, densify.
 
     import macko_spmv
-    report = macko_spmv.sparsify(model, min_sparsity=0.4)   # in place
+    report = macko_spmv.SparsifyReport()
+    model = macko_spmv.sparsify(model, min_sparsity=0.4, report=report)   # in place
     print(report.weight_bytes_before, report.weight_bytes_after)
-    macko_spmv.densify(model)                               # and back
+    macko_spmv.densify(model)                                             # and back
 
 MackoLinear is an inference layer: y = W x + b with W stored in the MACKO
 format. Gradients flow to the input and to the bias; the stored values of W
@@ -181,9 +182,12 @@ class MackoLinear(nn.Module):
         return linear
 
     def extra_repr(self) -> str:
+        # On the meta device the arrays have no contents to count.
+        counts = "" if self.values.is_meta else (
+            f"density={self.density:.3f}, stored_fraction={self.stored_fraction:.3f}, ")
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"density={self.density:.3f}, stored_fraction={self.stored_fraction:.3f}, nbytes={self.nbytes}"
+            f"{counts}nbytes={self.nbytes}"
         )
 
     # ------------------------------------------------------------------
@@ -250,6 +254,7 @@ class MackoLinear(nn.Module):
 # Model conversion
 
 NameFilter = Union[None, str, "re.Pattern[str]", Callable[[str], bool]]
+ModuleFilter = Optional[Callable[[nn.Module, str], bool]]
 
 
 @dataclass(frozen=True)
@@ -273,7 +278,7 @@ class ConvertedLayer:
 class SkippedLayer:
     """An nn.Linear that sparsify left as it was, and why.
 
-    kind is one of "filtered" (include/exclude), "sparsity" (below
+    kind is one of "filtered" (include/exclude/filter_fn), "sparsity" (below
     min_sparsity), "empty" (no elements), "dtype", "device", "tied" (weight
     shared with another module), "subclass" (a subclass of nn.Linear whose
     forward may differ), "root" (the model itself is the layer); reason
@@ -289,12 +294,18 @@ class SkippedLayer:
 class SparsifyReport:
     """What sparsify did: the converted layers and the skipped ones.
 
+    Make an empty one and pass it as sparsify's ``report`` argument, which
+    fills it in::
+
+        report = SparsifyReport()
+        sparsify(model, report=report)
+
     weight_bytes_before / weight_bytes_after are the bytes of the converted
     layers' weights, dense before and compressed after (biases excluded:
     they do not change).
     """
 
-    min_sparsity: float
+    min_sparsity: Optional[float] = None
     converted: list[ConvertedLayer] = field(default_factory=list)
     skipped: list[SkippedLayer] = field(default_factory=list)
 
@@ -307,6 +318,8 @@ class SparsifyReport:
         return sum(layer.macko_bytes for layer in self.converted)
 
     def __str__(self) -> str:
+        if self.min_sparsity is None:
+            return "sparsify: not run (pass this report to sparsify(model, report=...))"
         lines = [
             f"sparsify: converted {len(self.converted)} nn.Linear layer(s) to MackoLinear, "
             f"skipped {len(self.skipped)} (min_sparsity={self.min_sparsity:g})"
@@ -369,19 +382,21 @@ def sparsify(
     min_sparsity: float = 0.3,
     include: NameFilter = None,
     exclude: NameFilter = None,
+    filter_fn: ModuleFilter = None,
     progress: bool = True,
     verbose: bool = True,
-) -> SparsifyReport:
+    report: Optional[SparsifyReport] = None,
+) -> nn.Module:
     """Replaces, in place, the model's sparse nn.Linear layers with MackoLinear.
 
     A layer is converted when it is exactly an nn.Linear (subclasses may
     have another forward and are skipped), its weight is float16, bfloat16
     or float32 on a real device, is not shared with another module (tied
-    weights would be stored twice), its qualified name matches ``include``
-    and not ``exclude``, and the fraction of its weight's elements equal to
-    zero is at least ``min_sparsity``. Weights are compressed where they
-    are, in their dtype; outputs then equal those of the dense layers up to
-    the order of summation (sums in float32).
+    weights would be stored twice), it is selected by ``include``,
+    ``exclude`` and ``filter_fn``, and the fraction of its weight's elements
+    equal to zero is at least ``min_sparsity``. Weights are compressed where
+    they are, in their dtype; outputs then equal those of the dense layers
+    up to the order of summation (sums in float32).
 
     Args:
       model: the nn.Module to convert (modified in place).
@@ -392,20 +407,37 @@ def sparsify(
         qualified name (``re.search``; anchor it with ^...$ for a whole
         name), or a callable name -> bool.
       exclude: like include; matching layers are not converted.
+      filter_fn: None, or a callable (module, qualified name) -> bool, as
+        torchao's ``quantize_`` takes; layers for which it returns False are
+        not converted. It is called for nn.Linear layers only.
       progress: show a tqdm progress bar over the candidate layers.
       verbose: print the report's summary when done.
+      report: None, or a SparsifyReport that is filled in (its previous
+        contents replaced) with the converted and skipped layers and the
+        weights' bytes before and after.
 
     Returns:
-      SparsifyReport listing converted and skipped layers and the weights'
-      bytes before and after.
+      model, converted in place (the same object).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be None or a callable (module, name) -> bool, got {type(filter_fn).__name__}")
+    if report is not None and not isinstance(report, SparsifyReport):
+        raise TypeError(f"report must be None or a SparsifyReport, got {type(report).__name__}")
     included = _name_matcher(include, "include")
     excluded = _name_matcher(exclude, "exclude") if exclude is not None else (lambda name: False)
-    report = SparsifyReport(min_sparsity=min_sparsity)
+    if report is None:
+        report = SparsifyReport()
+    report.min_sparsity = min_sparsity
+    report.converted.clear()
+    report.skipped.clear()
+
+    def selected(layer, names):
+        return (any(included(n) for n in names) and not any(excluded(n) for n in names)
+                and (filter_fn is None or any(filter_fn(layer, n) for n in names)))
 
     # Which parameters are reachable under which names: a weight reachable
     # from outside its layer is tied to another module.
@@ -419,8 +451,8 @@ def sparsify(
         skip = None
         if "" in names:
             skip = ("root", "the model itself is this nn.Linear; convert it with MackoLinear.from_linear")
-        elif not any(included(n) for n in names) or any(excluded(n) for n in names):
-            skip = ("filtered", "not selected by include/exclude")
+        elif not selected(layer, names):
+            skip = ("filtered", "not selected by include/exclude/filter_fn")
         elif type(layer) is not nn.Linear:
             skip = ("subclass", f"{type(layer).__name__} subclasses nn.Linear; its forward may differ")
         elif layer.weight.dtype not in VALUE_DTYPES:
@@ -467,7 +499,7 @@ def sparsify(
             )
     if verbose:
         print(report)
-    return report
+    return model
 
 
 def densify(model: nn.Module) -> nn.Module:

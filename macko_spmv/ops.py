@@ -5,6 +5,8 @@ loads it and adds what Python must add: shape functions ("fake" kernels) so
 that torch.compile traces through the ops, and the backward of multiply.
 """
 
+import json
+
 import torch
 
 from ._build_check import check_build
@@ -29,23 +31,74 @@ multiply = _ops.multiply
 validate = _ops.validate
 
 
+def parse_build_info(text):
+    """The dict of the extension's build-info JSON (csrc/ops.cpp)."""
+    return json.loads(text)
+
+
 def build_info():
-    """Facts compiled into the extension, as a dict: torch, cuda, arch."""
-    return dict(item.split("=", 1) for item in _ops.build_info().split(";"))
+    """Facts compiled into the extension, as a dict:
+    torch (str, the version built against), cuda (str, or None without GPU
+    kernels), arch (their TORCH_CUDA_ARCH_LIST, e.g. "8.0;9.0+PTX", or None),
+    openmp (bool: the CPU ops run in parallel)."""
+    return parse_build_info(_ops.build_info())
+
+
+# The fake kernels (shapes for tracing, and the ops on the meta device) run
+# the checks of csrc/macko.h with its messages: a traced call or a meta
+# tensor must fail where the kernels would.
+
+_VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_GROUP_ENTRIES = 8  # kGroupEntries in csrc/macko.h
+
+
+def _check_compressed(values, deltas, row_indices, rows, cols):
+    """check_compressed of csrc/macko.h."""
+    torch._check_value(rows >= 0 and cols >= 0,
+                       lambda: f"rows and cols must be non-negative, got rows={rows}, cols={cols}")
+    torch._check_type(values.dtype in _VALUE_DTYPES,
+                      lambda: f"values must be float16, bfloat16 or float32, got {values.dtype}")
+    torch._check_type(deltas.dtype == torch.uint8, lambda: f"deltas must be uint8, got {deltas.dtype}")
+    torch._check_type(row_indices.dtype in (torch.int32, torch.int64),
+                      lambda: f"row_indices must be int32 or int64, got {row_indices.dtype}")
+    torch._check_value(values.dim() == 1 and deltas.dim() == 1 and row_indices.dim() == 1,
+                       lambda: "values, deltas and row_indices must be 1-D, got shapes "
+                               f"{list(values.shape)}, {list(deltas.shape)}, {list(row_indices.shape)}")
+    torch._check_value(values.numel() % _GROUP_ENTRIES == 0,
+                       lambda: f"values must hold a multiple of {_GROUP_ENTRIES} entries (the stream is padded "
+                               f"to whole groups), got {values.numel()}")
+    torch._check_value(deltas.numel() * 2 == values.numel(),
+                       lambda: f"deltas must hold one byte per two entries: expected {values.numel() // 2} bytes "
+                               f"for {values.numel()} values, got {deltas.numel()}")
+    torch._check_value(row_indices.numel() == rows + 1,
+                       lambda: f"row_indices must have rows + 1 = {rows + 1} elements, got {row_indices.numel()}")
+    torch._check_value(values.device == deltas.device == row_indices.device,
+                       lambda: "values, deltas and row_indices must be on one device, got "
+                               f"{values.device}, {deltas.device}, {row_indices.device}")
+    torch._check_value(values.is_contiguous() and deltas.is_contiguous() and row_indices.is_contiguous(),
+                       lambda: "values, deltas and row_indices must be contiguous")
+
+
+def _check_multiply_input(values, cols, x):
+    """check_multiply_input of csrc/macko.h."""
+    torch._check_type(x.dtype == values.dtype, lambda: f"x must have the matrix's dtype {values.dtype}, got {x.dtype}")
+    torch._check_value(x.device == values.device,
+                       lambda: f"x must be on the matrix's device {values.device}, got {x.device}")
+    torch._check_value(x.dim() in (1, 2), lambda: f"x must be [cols] or [batch, cols], got shape {list(x.shape)}")
+    torch._check_value(x.shape[-1] == cols,
+                       lambda: f"x's last dimension must equal the matrix's cols = {cols}, got shape {list(x.shape)}")
 
 
 @torch.library.register_fake("macko_spmv::decompress")
 def _decompress_fake(values, deltas, row_indices, rows, cols):
+    _check_compressed(values, deltas, row_indices, rows, cols)
     return values.new_empty((rows, cols))
 
 
 @torch.library.register_fake("macko_spmv::multiply")
 def _multiply_fake(values, deltas, row_indices, rows, cols, x):
-    # The same checks as the kernels' (csrc/macko.h), for traced calls.
-    torch._check_value(x.dim() in (1, 2), lambda: f"x must be [cols] or [batch, cols], got {x.dim()}-D")
-    torch._check_value(x.shape[-1] == cols, lambda: f"x's last dimension must equal the matrix's cols = {cols}")
-    torch._check_type(x.dtype == values.dtype, lambda: f"x must have the matrix's dtype {values.dtype}")
-    torch._check_value(x.device == values.device, lambda: f"x must be on the matrix's device {values.device}")
+    _check_compressed(values, deltas, row_indices, rows, cols)
+    _check_multiply_input(values, cols, x)
     if x.dim() == 1:
         return values.new_empty((rows,))
     return values.new_empty((x.shape[0], rows))

@@ -1,6 +1,9 @@
 """Bad input gets a clear Python exception, and corrupted arrays that bypass
 validation can never make a kernel read or write out of bounds."""
 
+import re
+
+import numpy
 import pytest
 import torch
 
@@ -79,6 +82,84 @@ def test_corrupted_matrix_is_rejected(A, case):
         macko_spmv.MackoMatrix(**fields)
     with pytest.raises(error, match=message):
         macko_spmv.multiply(tuple(fields.values()), torch.ones(fields["cols"], dtype=A.dtype, device=A.device))
+
+
+def other_devices(device):
+    return ["meta"] if device == "cpu" else ["cpu", "meta"]
+
+
+@pytest.mark.parametrize("moved", ["values", "deltas", "row_indices", "x"])
+def test_raw_ops_check_every_device(A, device, moved):
+    """The raw ops take the arrays as they come (no MackoMatrix validation):
+    one tensor on another device is an error, on the kernels' path (two real
+    devices) and on the shape functions' path (a meta tensor) alike."""
+    x = torch.ones(A.cols, dtype=A.dtype, device=device)
+    for other in other_devices(device):
+        arrays = [array.to(other) if name == moved else array
+                  for name, array in zip(("values", "deltas", "row_indices"), A[:3])]
+        x_moved = x.to(other) if moved == "x" else x
+        message = "x must be on the matrix's device" if moved == "x" else "must be on one device"
+        with pytest.raises(ValueError, match=message):
+            torch.ops.macko_spmv.multiply(*arrays, A.rows, A.cols, x_moved)
+        if moved != "x":
+            with pytest.raises(ValueError, match=message):
+                torch.ops.macko_spmv.decompress(*arrays, A.rows, A.cols)
+
+
+def test_raw_ops_on_the_meta_device_give_shapes(A):
+    meta = [array.to("meta") for array in A[:3]]
+    y = torch.ops.macko_spmv.multiply(*meta, A.rows, A.cols, torch.ones(3, A.cols, dtype=A.dtype, device="meta"))
+    assert y.device.type == "meta" and y.shape == (3, A.rows) and y.dtype == A.dtype
+    assert torch.ops.macko_spmv.decompress(*meta, A.rows, A.cols).shape == (A.rows, A.cols)
+    # The meta kernels check what the real ones check.
+    with pytest.raises(ValueError, match="rows \\+ 1 = 12"):
+        torch.ops.macko_spmv.decompress(*meta, A.rows - 1, A.cols)
+    with pytest.raises(TypeError, match="deltas must be uint8"):
+        torch.ops.macko_spmv.decompress(meta[0], meta[1].to(torch.int8), meta[2], A.rows, A.cols)
+    with pytest.raises(ValueError, match="validate reads the arrays' contents"):
+        macko_spmv.MackoMatrix(*meta, A.rows, A.cols)
+
+
+@pytest.mark.parametrize("rows, cols", [(12.0, 50), (12, 50.7), ("12", 50), (True, 50), (12, None)])
+def test_matrix_shape_must_be_integers(A, rows, cols):
+    with pytest.raises(TypeError, match="(rows|cols) must be an integer"):
+        macko_spmv.MackoMatrix(A.values, A.deltas, A.row_indices, rows, cols)
+
+
+def test_matrix_shape_takes_integer_types(A):
+    B = macko_spmv.MackoMatrix(A.values, A.deltas, A.row_indices, numpy.int64(A.rows), torch.tensor(A.cols))
+    assert B.shape == A.shape and type(B.rows) is int and type(B.cols) is int
+
+
+NO_CUDA_KERNELS = "this build has no CUDA kernels: rebuild with the CUDA toolkit (see README)"
+
+
+def test_every_op_has_a_cuda_implementation():
+    for op in ("compress", "decompress", "multiply"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"macko_spmv::{op}", "CUDA"), op
+
+
+@pytest.mark.skipif(macko_spmv.ops.build_info()["cuda"] is not None, reason="this build has the CUDA kernels")
+def test_cpu_only_build_says_it_has_no_cuda_kernels(gen):
+    """A CPU-only build registers CUDA implementations that say what to do.
+    Called here through the dispatcher's CUDA entry with CPU tensors, as it
+    would be called with CUDA tensors (which need a GPU)."""
+    M = random_pruned(12, 50, 0.3, torch.float16, gen)
+    A = macko_spmv.compress(M)
+    x = torch.ones(50, dtype=torch.float16)
+    cuda = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    ops = torch.ops.macko_spmv
+    with pytest.raises(NotImplementedError, match=re.escape(NO_CUDA_KERNELS)):
+        ops.compress.default.redispatch(cuda, M)
+    with pytest.raises(NotImplementedError, match=re.escape(NO_CUDA_KERNELS)):
+        ops.decompress.default.redispatch(cuda, *A)
+    with pytest.raises(NotImplementedError, match=re.escape(NO_CUDA_KERNELS)):
+        ops.multiply.default.redispatch(cuda, *A, x)
+    # The argument checks come first: a wrong argument is named as such.
+    with pytest.raises(ValueError, match="x's last dimension"):
+        ops.multiply.default.redispatch(cuda, *A, x[:-1])
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        ops.compress.default.redispatch(cuda, M.double())
 
 
 def test_padding_tail_must_be_zero(A):

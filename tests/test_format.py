@@ -87,7 +87,37 @@ def test_matrix_properties(device, gen):
     assert B.device == torch.device("cpu") and torch.equal(B.values, values.cpu())
     C = A.to(dtype=torch.float32)
     assert C.dtype == torch.float32 and torch.equal(macko_spmv.decompress(C), M.float())
-    assert "MackoMatrix(shape=(64, 128)" in repr(A)
+    assert "MackoMatrix(shape=(64, 128)" in repr(A) and "stored_fraction=" in repr(A)
+
+
+def test_to_takes_the_arguments_of_tensor_to(device, gen):
+    M = random_pruned(20, 70, 0.3, torch.float32, gen).to(device)
+    A = macko_spmv.compress(M)
+    for B, dtype in [
+        (A.to(torch.float16), torch.float16),                            # positional dtype
+        (A.to("cpu", torch.bfloat16), torch.bfloat16),                   # device and dtype
+        (A.to(torch.empty(0, dtype=torch.float16)), torch.float16),      # another tensor's
+        (A.to(device=torch.device("cpu"), non_blocking=True), torch.float32),
+        (A.to("cpu", copy=True), torch.float32),
+    ]:  # fmt: skip
+        assert isinstance(B, macko_spmv.MackoMatrix) and B.dtype == dtype and B.device == torch.device("cpu")
+        assert torch.equal(macko_spmv.decompress(B), M.cpu().to(dtype))
+    # As Tensor.to: unchanged arrays are shared, unless copy=True.
+    same = A.to(device)
+    assert all(a is b for a, b in zip(A[:3], same[:3]))
+    copied = A.to(device, copy=True)
+    assert all(a.data_ptr() != b.data_ptr() and torch.equal(a, b) for a, b in zip(A[:3], copied[:3]))
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        A.to(torch.float64)
+    with pytest.raises(TypeError):
+        A.to("cpu", "float16")
+
+
+def test_repr_on_the_meta_device(gen):
+    A = macko_spmv.compress(random_pruned(20, 70, 0.3, torch.float16, gen)).to("meta")
+    assert repr(A) == f"MackoMatrix(shape=(20, 70), dtype=torch.float16, device=meta, nbytes={A.nbytes})"
+    layer = macko_spmv.MackoLinear(random_pruned(20, 70, 0.3, torch.float16, gen)).to("meta")
+    assert repr(layer) == f"MackoLinear(in_features=70, out_features=20, bias=False, nbytes={layer.nbytes})"
 
 
 def test_tuple_from_original_tool_is_accepted(gen):
@@ -105,3 +135,15 @@ def test_pickle_round_trip(tmp_path, dtype, gen):
     B = torch.load(tmp_path / "a.pt", weights_only=False)
     assert isinstance(B, macko_spmv.MackoMatrix) and B.shape == A.shape
     assert all(torch.equal(a, b) for a, b in zip(A[:3], B[:3]))
+    # torch.load's default, weights_only=True: MackoMatrix is a safe global.
+    C = torch.load(tmp_path / "a.pt")
+    assert isinstance(C, macko_spmv.MackoMatrix) and C.shape == A.shape
+    assert all(torch.equal(a, b) for a, b in zip(A[:3], C[:3]))
+
+
+def test_unpickling_validates(tmp_path, gen):
+    A = macko_spmv.compress(random_pruned(9, 33, 0.4, torch.float16, gen))
+    broken = macko_spmv.MackoMatrix(A.values, A.deltas, A.row_indices.flip(0).contiguous(), 9, 33, validate=False)
+    torch.save({"matrix": broken}, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="row_indices"):
+        torch.load(tmp_path / "broken.pt")

@@ -94,7 +94,8 @@ def check_sparsified_embeddings_match(dtype, device, min_cosine):
     assert linear_count == 37  # 6 layers x (q, k, v, attention out, up, down) + pooler
     pruned = embed(model, tokenizer, SENTENCES)
 
-    report = macko_spmv.sparsify(model, min_sparsity=0.5, progress=False, verbose=False)
+    report = macko_spmv.SparsifyReport()
+    macko_spmv.sparsify(model, min_sparsity=0.5, progress=False, verbose=False, report=report)
     assert len(report.converted) == linear_count and not report.skipped
     assert all(layer.sparsity == pytest.approx(0.5) for layer in report.converted)
     assert report.weight_bytes_after < report.weight_bytes_before
@@ -110,6 +111,30 @@ def test_minilm_fp32_cpu():
     report = check_sparsified_embeddings_match(torch.float32, "cpu", min_cosine=0.999)
     # fp32 at 50%: 4.5 bytes per stored entry for half the elements, against 4 per element
     assert report.weight_bytes_after / report.weight_bytes_before == pytest.approx(4.5 * 0.5 / 4, rel=0.05)
+
+
+def test_minilm_save_and_load(tmp_path):
+    """The converted model saved with macko_spmv.save and loaded into the
+    dense architecture, with its weights (from_pretrained) or without (built
+    from the config on the meta device): the same embeddings, bit for bit.
+    (transformers' own save_pretrained/from_pretrained would re-initialise
+    every linear layer: its loader does not know the MACKO arrays.)"""
+    tokenizer, model = load_minilm(torch.float32, "cpu")
+    prune_rows_by_magnitude(model)
+    macko_spmv.sparsify(model, min_sparsity=0.5, progress=False, verbose=False)
+    expected = embed(model, tokenizer, SENTENCES)
+    path = tmp_path / "minilm.safetensors"
+    macko_spmv.save(model, path)
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.AutoConfig.from_pretrained(minilm_folder())
+    with torch.device("meta"):
+        on_meta = transformers.AutoModel.from_config(config).eval()
+    _, dense = load_minilm(torch.float32, "cpu")
+    for target in (on_meta, dense):
+        macko_spmv.load(target, path)
+        assert sum(isinstance(module, macko_spmv.MackoLinear) for module in target.modules()) == 37
+        assert torch.equal(embed(target, tokenizer, SENTENCES), expected)
 
 
 @requires_cuda

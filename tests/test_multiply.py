@@ -6,6 +6,7 @@ import torch
 import macko_spmv
 from conftest import (adversarial_matrices, assert_product_close, poison_allocator, random_pruned,
                       requires_cuda)
+from reference import stored_entries, stored_product
 
 
 def random_x(shape, dtype, gen, device):
@@ -49,6 +50,40 @@ def test_nan_and_inf_propagate(device):
     A = macko_spmv.compress(M.to(device))
     y = macko_spmv.multiply(A, torch.ones(40, device=device)).cpu()
     assert torch.isnan(y[0]) and y[1] == float("inf") and y[2] == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("batch", [None, 3, 8])
+def test_inf_and_nan_in_x_meet_only_stored_entries(device, dtype, batch, gen):
+    """The documented behaviour (README, multiply's docstring): x's inf/NaN
+    reach y[r] through row r's stored entries only, padding zeros included
+    (0 * inf = NaN), never through the zeros the format skips."""
+    rows, cols = 40, 300
+    M = random_pruned(rows, cols, 0.04, dtype, gen)  # long zero runs: many padding entries
+    x = random_x((cols,) if batch is None else (batch, cols), dtype, gen, "cpu")
+    special = torch.randperm(cols, generator=gen)[:12]
+    x[..., special[:6]] = float("inf")
+    x[..., special[6:9]] = float("-inf")
+    x[..., special[9:]] = float("nan")
+    y = poisoned_multiply(macko_spmv.compress(M.to(device)), x.to(device)).double().cpu()
+    expected = stored_product(M, x)
+    assert torch.equal(torch.isnan(y), torch.isnan(expected))
+    assert torch.equal(torch.isinf(y), torch.isinf(expected)) and torch.equal(y[y.isinf()], expected[y.isinf()])
+    finite = expected.isfinite()
+    assert torch.allclose(y[finite], expected[finite], rtol=1e-2, atol=1e-2)
+
+    # The test covers both cases: rows made NaN by a padding zero alone, and
+    # rows whose skipped zeros meet inf/NaN (a dense product would be NaN there).
+    positions, _, _ = stored_entries(M)
+    columns = [set() for _ in range(rows)]
+    for r, c in positions:
+        columns[r].add(c)
+    hit = {int(c) for c in special}
+    padding_hits = [r for r in range(rows) if any(c in hit and M[r, c] == 0 for c in columns[r])]
+    skipped_hits = [r for r in range(rows) if not (columns[r] & hit)]
+    assert padding_hits and skipped_hits
+    dense = (M.double() @ x.double().T).T if batch else M.double() @ x.double()
+    assert torch.isnan(dense[..., skipped_hits]).all() and expected[..., skipped_hits].isfinite().all()
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 8, 16, 17, 40])

@@ -10,7 +10,7 @@ from torch import nn
 
 import macko_spmv
 from conftest import random_pruned, requires_cuda
-from macko_spmv import MackoLinear, densify, sparsify
+from macko_spmv import MackoLinear, SparsifyReport, densify, sparsify
 
 OUTPUT_EPS = {torch.float16: 2**-10, torch.bfloat16: 2**-7, torch.float32: 2**-23}
 
@@ -292,7 +292,8 @@ def test_sparsify_threshold_report_and_densify(gen, capsys):
     dense_weights = {name: module.weight.clone() for name, module in model.named_modules()
                      if isinstance(module, nn.Linear)}
 
-    report = sparsify(model, min_sparsity=0.4, progress=False)
+    report = SparsifyReport()
+    assert sparsify(model, min_sparsity=0.4, progress=False, report=report) is model  # in place
     converted = {layer.name for layer in report.converted}
     assert converted == {"half_sparse", "blocks.0", "shared"}
     skipped = {layer.name: layer.kind for layer in report.skipped}
@@ -330,9 +331,10 @@ def test_sparsify_threshold_report_and_densify(gen, capsys):
         assert torch.equal(model(tokens), expected)  # the same dense layers again
 
 
-def test_sparsify_include_and_exclude(gen):
+def test_sparsify_include_exclude_and_filter_fn(gen):
     def converted_names(**filters):
-        report = sparsify(Tower(gen), min_sparsity=0.0, progress=False, verbose=False, **filters)
+        report = SparsifyReport()
+        sparsify(Tower(gen), min_sparsity=0.0, progress=False, verbose=False, report=report, **filters)
         filtered = {layer.name for layer in report.skipped if layer.kind == "filtered"}
         return {layer.name for layer in report.converted}, filtered
 
@@ -345,6 +347,18 @@ def test_sparsify_include_and_exclude(gen):
     # a reused layer is selected by any of its names and excluded by any
     assert converted_names(include="shared_again")[0] == {"shared"}
     assert converted_names(exclude="shared_again")[0] == everything - {"shared"}
+    # filter_fn(module, name), torchao's convention: called with each nn.Linear and each of its names
+    calls = []
+
+    def wide_inputs(module, name):
+        calls.append((type(module), name))
+        return module.in_features == 40
+
+    assert converted_names(filter_fn=wide_inputs)[0] == {"half_sparse", "blocks.0", "blocks.1", "shared"}
+    assert others <= {name for _, name in calls} <= others | {"shared_again"}
+    assert {kind for kind, _ in calls} == {nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear}
+    assert converted_names(filter_fn=lambda module, name: name == "shared_again")[0] == {"shared"}
+    assert converted_names(include="blocks", filter_fn=lambda module, name: name != "blocks.1")[0] == {"blocks.0"}
 
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # nn.Linear(0, 3) itself
@@ -353,10 +367,16 @@ def test_sparsify_rejects_bad_arguments_skips_empty_layers_and_the_root():
         sparsify(nn.Sequential(), min_sparsity=1.5)
     with pytest.raises(TypeError, match="include"):
         sparsify(nn.Sequential(), include=3)
-    report = sparsify(nn.Sequential(nn.Linear(0, 3)), min_sparsity=0.0, progress=False, verbose=False)
+    with pytest.raises(TypeError, match="filter_fn"):
+        sparsify(nn.Sequential(), filter_fn="blocks")
+    with pytest.raises(TypeError, match="report must be None or a SparsifyReport"):
+        sparsify(nn.Sequential(), report=[])
+    report = SparsifyReport()
+    assert "not run" in str(report)
+    sparsify(nn.Sequential(nn.Linear(0, 3)), min_sparsity=0.0, progress=False, verbose=False, report=report)
     assert [layer.kind for layer in report.skipped] == ["empty"]
     root = nn.Linear(3, 3)
-    report = sparsify(root, min_sparsity=0.0, progress=False, verbose=False)
+    sparsify(root, min_sparsity=0.0, progress=False, verbose=False, report=report)  # the report is refilled
     assert [layer.kind for layer in report.skipped] == ["root"] and not report.converted
     with pytest.raises(TypeError, match="to_linear"):
         densify(MackoLinear(torch.eye(3)))
@@ -364,7 +384,8 @@ def test_sparsify_rejects_bad_arguments_skips_empty_layers_and_the_root():
 
 def test_sparsify_keeps_dtype_and_skips_float64(gen):
     model = nn.Sequential(nn.Linear(8, 8, dtype=torch.bfloat16), nn.Linear(8, 8, dtype=torch.float64))
-    report = sparsify(model, min_sparsity=0.0, progress=False, verbose=False)
+    report = SparsifyReport()
+    sparsify(model, min_sparsity=0.0, progress=False, verbose=False, report=report)
     assert [layer.name for layer in report.converted] == ["0"]
     assert model[0].values.dtype == torch.bfloat16
     assert [(layer.name, layer.kind) for layer in report.skipped] == [("1", "dtype")]
@@ -412,7 +433,8 @@ def small_sparse_model(dtype, device, gen):
             if isinstance(module, nn.Linear):
                 module.weight.mul_(torch.rand(module.weight.shape, generator=gen) < 0.5)
     model = model.to(device=device, dtype=dtype).eval()
-    report = sparsify(model, progress=False, verbose=False)
+    report = SparsifyReport()
+    sparsify(model, progress=False, verbose=False, report=report)
     assert len(report.converted) == 3
     return model
 

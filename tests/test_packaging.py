@@ -9,6 +9,8 @@ records, so the real import is left alone.
 
 import importlib
 import importlib.metadata
+import json
+import os
 import subprocess
 import sys
 import types
@@ -157,13 +159,57 @@ def test_import_fails_before_loading_the_extension():
 def test_record_matches_the_compiled_extension():
     config, compiled = real_record(), ops.build_info()
     assert config.TORCH_VERSION == compiled["torch"]
-    assert (config.CUDA_VERSION or "none") == compiled["cuda"]
+    assert config.CUDA_VERSION == compiled["cuda"]
     assert config.WITH_CUDA == (config.CUDA_VERSION is not None)
     assert config.CUDA_ARCH_LIST == compiled.get("arch")
     assert config.VERSION.split("+")[0] == macko_spmv.__version__
     assert config.TORCH_REQUIREMENT == "torch==%d.%d.*" % _build_check._release(config.TORCH_VERSION)
     if "+" in config.VERSION:
         assert config.VERSION.endswith("+" + config.VARIANT)
+
+
+def fake_gpus(monkeypatch, capabilities):
+    """torch.cuda as with GPUs of these compute capabilities, named gpu0, gpu1, ..."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"gpu{index}")
+
+
+# The build info as csrc/ops.cpp writes it, for a CUDA build with the default
+# architecture list of the prebuilt wheels: values hold ";" and "+".
+MULTI_ARCH_BUILD_INFO = (
+    '{"torch": "2.14.1+cu130", "cuda": "13.0", "arch": "7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX", "openmp": true}'
+)
+
+
+def test_build_info_is_a_json_object_of_known_fields():
+    raw = torch.ops.macko_spmv.build_info()
+    assert json.loads(raw) == ops.build_info()
+    compiled = ops.build_info()
+    assert set(compiled) == {"torch", "cuda", "arch", "openmp"}
+    assert compiled["torch"] == torch.__version__ and isinstance(compiled["openmp"], bool)
+    assert (compiled["cuda"] is None) == (compiled["arch"] is None)
+
+
+def test_multi_architecture_build_info_is_read_whole(capsys, monkeypatch):
+    """Every CUDA wheel lists several architectures; `info` (and the
+    benchmarks' metadata, through ops.build_info) must read them whole."""
+    assert ops.parse_build_info(MULTI_ARCH_BUILD_INFO) == {
+        "torch": "2.14.1+cu130", "cuda": "13.0", "arch": "7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX", "openmp": True}
+    monkeypatch.setattr(ops, "_ops", types.SimpleNamespace(build_info=lambda: MULTI_ARCH_BUILD_INFO))
+    monkeypatch.setattr(info, "build_config", lambda: record(
+        VERSION="0.1.0", VARIANT="cu130", TORCH_VERSION="2.14.1+cu130", CUDA_VERSION="13.0",
+        CUDA_ARCH_LIST="7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"))
+    gpus = [(7, 5), (8, 9), (9, 0), (10, 3), (12, 1), (13, 0), (7, 0)]
+    fake_gpus(monkeypatch, gpus)
+    assert info.main([]) == 0
+    out = capsys.readouterr().out
+    assert "built with torch 2.14.1+cu130, CUDA 13.0" in out and "warning" not in out
+    assert "GPU architectures: 7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX" in out
+    for index in range(6):
+        assert f"GPU {index}: gpu{index} (compute capability {'%d.%d' % gpus[index]}): covered" in out
+    assert "GPU 6: gpu6 (compute capability 7.0): NOT covered" in out
 
 
 def test_installed_metadata_pins_the_torch_release():
@@ -188,7 +234,7 @@ def test_info_prints_versions_and_build(capsys):
     assert out[0].startswith(f"macko-spmv {version}")
     if config:
         assert f"variant {config.VARIANT}, requires {config.TORCH_REQUIREMENT}" in out[0]
-    assert f"built with torch {compiled['torch']}, CUDA {compiled['cuda']}" in out
+    assert f"built with torch {compiled['torch']}, CUDA {compiled['cuda'] or 'none'}" in out
     assert f"running with torch {torch.__version__}, CUDA {torch.version.cuda}" in out
     assert not any(line.startswith("warning") for line in out)
 
@@ -197,15 +243,14 @@ def test_info_reports_gpu_coverage(capsys, monkeypatch):
     monkeypatch.setattr(info, "build_config", lambda: record(VERSION="0.1.0+cu128", VARIANT="cu128",
                                                             TORCH_VERSION="2.14.1+cu128", CUDA_VERSION="12.8",
                                                             CUDA_ARCH_LIST="8.0;9.0+PTX"))
-    monkeypatch.setattr(ops, "build_info", lambda: {"torch": "2.14.1+cu128", "cuda": "12.8", "arch": "8.0;9.0+PTX"})
+    monkeypatch.setattr(ops, "build_info",
+                        lambda: {"torch": "2.14.1+cu128", "cuda": "12.8", "arch": "8.0;9.0+PTX", "openmp": True})
     gpus = [(8, 6), (9, 0), (7, 5), (12, 0)]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: gpus[index])
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"gpu{index}")
+    fake_gpus(monkeypatch, gpus)
     assert info.main([]) == 0
     out = capsys.readouterr().out
     assert "macko-spmv 0.1.0+cu128 (variant cu128, requires torch==2.14.*)" in out
+    assert f"wheel index of this variant: {INDEX}/cu128" in out
     assert "GPU architectures: 8.0;9.0+PTX" in out
     assert "GPU 0: gpu0 (compute capability 8.6): covered" in out  # sm_80 code
     assert "GPU 1: gpu1 (compute capability 9.0): covered" in out
@@ -215,14 +260,54 @@ def test_info_reports_gpu_coverage(capsys, monkeypatch):
 
 def test_info_flags_a_stale_record(capsys, monkeypatch):
     monkeypatch.setattr(info, "build_config", lambda: record())
-    monkeypatch.setattr(ops, "build_info", lambda: {"torch": "2.14.1+cpu", "cuda": "none"})
+    monkeypatch.setattr(ops, "build_info", lambda: {"torch": "2.14.1+cpu", "cuda": None, "arch": None, "openmp": True})
     info.main([])
     out = capsys.readouterr().out
     assert "warning:" in out and "stale" in out
     assert "GPU kernels: not built (CPU-only extension)" in out
 
 
+@pytest.mark.parametrize("command", ["demo", "bench", "e2e", "info"])
+def test_every_command_prints_its_help(command, capsys):
+    from macko_spmv.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m macko_spmv {command}") and "built with torch" not in out
+
+
 def test_python_dash_m_info_runs():
     out = subprocess.run([sys.executable, "-m", "macko_spmv", "info"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("macko-spmv ") and "built with torch" in out.stdout
+
+
+# --- the prebuilt wheels: every architecture, set explicitly --------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_wheel_workflow_sets_the_architectures_of_every_cuda_variant():
+    """A build without TORCH_CUDA_ARCH_LIST compiles for the local GPU or one
+    default architecture (setup.py); the wheels must name all of theirs."""
+    yaml = pytest.importorskip("yaml")
+    path = os.path.join(REPO, ".github", "workflows", "wheels.yml")
+    if not os.path.isfile(path):
+        pytest.skip("no .github/workflows/wheels.yml beside the tests (an installed copy)")
+    with open(path) as f:
+        workflow = yaml.safe_load(f)
+    job = workflow["jobs"]["wheel"]
+    variants = job["strategy"]["matrix"]["include"]
+    cuda_variants = [v for v in variants if v["build_cuda"] == "1"]
+    assert {v["variant"] for v in cuda_variants} == set(workflow["env"]["WHEEL_VARIANTS"].split()) - {"cpu"}
+    for variant in cuda_variants:
+        archs = variant["arch_list"].split(";")
+        assert archs[0] == "7.5" and archs[-1].endswith("+PTX") and len(archs) >= 5, variant
+    build = next(step for step in job["steps"] if step.get("run", "").startswith("python -m cibuildwheel"))
+    assert build["env"]["TORCH_CUDA_ARCH_LIST"] == "${{ matrix.arch_list }}"
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        cibuildwheel = tomllib.load(f)["tool"]["cibuildwheel"]
+    assert "TORCH_CUDA_ARCH_LIST" in cibuildwheel["environment-pass"]
