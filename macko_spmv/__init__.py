@@ -5,6 +5,9 @@
     y = macko_spmv.multiply(A, x)          # x [..., cols] -> y [..., rows]
     W = macko_spmv.decompress(A)           # back to dense
 
+    macko_spmv.prune(model, 0.5, method="wanda", calibration=lambda m: m(input_ids))
+    macko_spmv.sparsify(model, min_sparsity=0.5)   # nn.Linear -> MackoLinear
+
 The ops are also torch.ops.macko_spmv.{compress, decompress, multiply}.
 """
 
@@ -12,6 +15,7 @@ from . import ops
 from .matrix import MackoMatrix, compress, decompress, multiply
 from . import nn
 from .nn import MackoLinear, densify, sparsify
+from .pruning import PruneReport, prune
 
 __version__ = "0.1.0"
 
@@ -25,5 +29,7 @@ __all__ = [
     "MackoLinear",
     "sparsify",
     "densify",
+    "prune",
+    "PruneReport",
     "__version__",
 ]
