@@ -91,6 +91,21 @@ def test_magnitude_mask_equals_plain_torch(dtype, device, gen):
     assert torch.equal((layer.weight != 0).cpu(), expected)
 
 
+def test_rows_pruned_in_several_blocks_match_one_block(dtype, device, gen, monkeypatch):
+    # Large layers are scored a block of rows at a time; a block boundary
+    # must change nothing (37 rows of 101 in blocks of 4 rows, the last short).
+    weight = nonzero_weights((37, 101), dtype, device, gen)
+    scale = torch.rand(101, generator=gen).to(device)
+    keep = round(0.3 * 101)
+    monkeypatch.setattr(macko_spmv.pruning, "_CHUNK_ELEMENTS", 4 * 101 + 7)
+    pruned = weight.clone()
+    macko_spmv.pruning.keep_largest_per_row_(pruned, keep, scale)
+    kept = (weight.double().cpu().abs() * scale.double().cpu()).topk(keep, dim=1).indices
+    expected = torch.zeros(weight.shape, dtype=torch.bool).scatter_(1, kept, True)
+    assert torch.equal((pruned != 0).cpu(), expected)
+    assert torch.equal(pruned[expected.to(device)], weight[expected.to(device)])
+
+
 @pytest.mark.parametrize("method", ["magnitude", "wanda"])
 @pytest.mark.parametrize("density", [1.0, 0.7, 0.5, 0.3, 0.25, 0.1, 0.01])
 @pytest.mark.parametrize("weights", ["random", "all equal", "two values"])
