@@ -6,12 +6,12 @@ folder named by MACKO_MINILM_DIR (see scripts/export_minilm_fp16.py). Its
 sentence embedding is the mean of the last hidden states over the real
 tokens, L2-normalised.
 
-For each method (magnitude, wanda, ...) and density, a fresh copy of the
+For each method (magnitude, wanda, sparsegpt) and density, a fresh copy of the
 dense model is pruned with ``macko_spmv.prune`` (every linear layer,
 ``round(density * in_features)`` entries kept per row), calibrated where the
 method needs it on the "calibration" sentences of
-benchmarks/prune_sentences.json, and scored on its "scoring" sentences
-(disjoint from the calibration ones):
+benchmarks/prune_sentences.json, and scored on its scoring sentences
+(scoring_pairs and scoring_distractors, disjoint from the calibration ones):
 
 - mean_cosine / min_cosine: cosine similarity of each scoring sentence's
   embedding to the dense model's embedding of the same sentence;
@@ -61,7 +61,7 @@ from macko_spmv.bench import cpu_name, read_meta, set_caption, write_json
 
 SENTENCES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prune_sentences.json")
 DEFAULT_DENSITIES = (0.7, 0.5, 0.3)
-DEFAULT_METHODS = ("magnitude", "wanda")
+DEFAULT_METHODS = macko_spmv.pruning.METHODS
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 EMBED_BATCH = 32
 MAX_TOKENS = 256  # the model's own max_seq_length
@@ -268,7 +268,7 @@ def main(argv=None):
         for density in densities:
             model = copy.deepcopy(dense_model)
             report = macko_spmv.PruneReport()
-            needs_calibration = method != "magnitude"
+            needs_calibration = method in macko_spmv.pruning.CALIBRATED_METHODS
             _, seconds = timed(device, lambda: macko_spmv.prune(
                 model, density, method, calibration=calibrate if needs_calibration else None,
                 progress=False, verbose=False, report=report))  # fmt: skip

@@ -106,7 +106,7 @@ def test_rows_pruned_in_several_blocks_match_one_block(dtype, device, gen, monke
     assert torch.equal(pruned[expected.to(device)], weight[expected.to(device)])
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 @pytest.mark.parametrize("density", [1.0, 0.7, 0.5, 0.3, 0.25, 0.1, 0.01])
 @pytest.mark.parametrize("weights", ["random", "all equal", "two values"])
 def test_every_row_keeps_exactly_the_count(method, density, weights, gen):
@@ -123,7 +123,7 @@ def test_every_row_keeps_exactly_the_count(method, density, weights, gen):
     else:
         batches = [torch.ones(4, in_features)]  # Wanda's column norms tie as well
     report = PruneReport()
-    macko_spmv.prune(model, density, method, calibration=run_all(batches) if method == "wanda" else None,
+    macko_spmv.prune(model, density, method, calibration=run_all(batches) if method != "magnitude" else None,
                      progress=False, verbose=False, report=report)  # fmt: skip
     for layer, pruned in zip((model[0], model[2]), report.pruned):
         keep = round(density * layer.in_features)
@@ -136,7 +136,125 @@ def test_every_row_keeps_exactly_the_count(method, density, weights, gen):
     assert report.achieved_density == pytest.approx(expected_density)
 
 
-def test_calibration_hooks_are_removed(gen):
+def reference_sparsegpt(weight, inputs, keep, block):
+    """SparseGPT as the algorithm reads, in float64 and without Cholesky
+    factors: for column j, d_j = [inv(H[j:, j:])]_00 (the inverse over the
+    columns not yet frozen), drop counts per block as documented, dropped
+    entries chosen by least W^2 / d, each frozen column's error spread over
+    the later columns with row 0 of inv(H[j:, j:])."""
+    W = weight.double().cpu().clone()
+    X = torch.cat([x.reshape(-1, weight.shape[1]).double().cpu() for x in inputs])
+    H = X.T @ X / X.shape[0]
+    rows, cols = W.shape
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1.0
+    H += 0.01 * H.diagonal().mean() * torch.eye(cols, dtype=torch.float64)
+    dropped_total = cols - keep
+    dropped = torch.zeros(W.shape, dtype=torch.bool)
+    for start in range(0, cols, block):
+        end = min(start + block, cols)
+        d = torch.stack([torch.linalg.inv(H[j:, j:])[0, 0] for j in range(start, end)])
+        scores = W[:, start:end] ** 2 / d
+        scores[:, dead[start:end]] = -math.inf
+        count = round(dropped_total * end / cols) - round(dropped_total * start / cols)
+        if count:
+            dropped[:, start:end].scatter_(1, scores.topk(count, dim=1, largest=False).indices, True)
+        for j in range(start, end):
+            inverse = torch.linalg.inv(H[j:, j:])
+            frozen = W[:, j].masked_fill(dropped[:, j], 0.0)
+            error = (W[:, j] - frozen) / inverse[0, 0]
+            W[:, j:] -= error[:, None] * inverse[0][None, :]
+            W[:, j] = frozen
+    return W, ~dropped
+
+
+SPARSEGPT_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2**-7, torch.float16: 2**-10}
+
+
+def assert_matches_reference_sparsegpt(weight, weight_before, inputs, keep):
+    expected, expected_kept = reference_sparsegpt(weight_before, inputs, keep, macko_spmv.pruning._SPARSEGPT_BLOCK)
+    got = weight.detach().double().cpu()
+    assert torch.equal(got != 0, expected_kept), f"{int(((got != 0) != expected_kept).sum())} entries differ"
+    tolerance = SPARSEGPT_TOLERANCE[weight.dtype] * expected.abs().max()
+    assert (got - expected).abs().max() <= 2 * tolerance
+
+
+@pytest.mark.parametrize("density", [0.5, 0.3, 0.8])
+def test_sparsegpt_equals_the_algorithm_in_float64(dtype, device, gen, density, monkeypatch):
+    monkeypatch.setattr(macko_spmv.pruning, "_SPARSEGPT_BLOCK", 8)  # 29 columns: blocks of 8, 8, 8, 5
+    layer = nn.Linear(29, 13)
+    with torch.no_grad():
+        layer.weight.copy_(nonzero_weights((13, 29), torch.float32, "cpu", gen))
+    layer = layer.to(dtype=dtype, device=device)
+    inputs = [torch.randn(40, 29, generator=gen), torch.randn(3, 8, 29, generator=gen)]
+    for x in inputs:
+        x[..., 5] = 0  # a column that never sees an input: dropped first
+    inputs = [x.to(dtype=dtype, device=device) for x in inputs]
+    before = layer.weight.detach().clone()
+    bias_before = layer.bias.detach().clone()
+    macko_spmv.prune(layer, density, "sparsegpt", calibration=run_all(inputs), progress=False, verbose=False)
+    keep = round(density * 29)
+    assert_matches_reference_sparsegpt(layer.weight, before, inputs, keep)
+    assert not layer.weight[:, 5].any()
+    assert torch.equal(layer.bias, bias_before)
+
+
+class RunsOutOfOrder(nn.Module):
+    """Two linear layers registered in the opposite order of their calls."""
+
+    def __init__(self, dtype, device, gen):
+        super().__init__()
+        self.second = nn.Linear(19, 7)
+        self.first = nn.Linear(31, 19)
+        with torch.no_grad():
+            for layer in (self.first, self.second):
+                layer.weight.copy_(nonzero_weights(layer.weight.shape, torch.float32, "cpu", gen))
+        self.to(dtype=dtype, device=device)
+
+    def forward(self, x):
+        return self.second(torch.relu(self.first(x)))
+
+
+def test_sparsegpt_goes_layer_by_layer_in_call_order(dtype, device, gen):
+    model = RunsOutOfOrder(dtype, device, gen)
+    inputs = [torch.randn(4, 16, 31, generator=gen).to(dtype=dtype, device=device)]
+    first_before, second_before = model.first.weight.detach().clone(), model.second.weight.detach().clone()
+    report = PruneReport()
+    macko_spmv.prune(model, 0.5, "sparsegpt", calibration=run_all(inputs), progress=False, verbose=False,
+                     report=report)  # fmt: skip
+    assert_matches_reference_sparsegpt(model.first.weight, first_before, inputs, round(0.5 * 31))
+    # The second layer's statistics come from the model with the first one pruned.
+    with torch.no_grad():
+        second_inputs = [torch.relu(model.first(x)) for x in inputs]
+    assert_matches_reference_sparsegpt(model.second.weight, second_before, second_inputs, round(0.5 * 19))
+    assert [(layer.name, layer.calibration_inputs) for layer in report.pruned] == [("second", 64), ("first", 64)]
+
+
+def test_sparsegpt_reconstructs_a_layer_better_than_wanda_and_magnitude(gen):
+    # SparseGPT makes up for the dropped weights with the kept ones, which
+    # pays where the inputs' features are correlated: here they are a few
+    # strong directions plus a little noise, as LLM activations tend to be.
+    layer = nn.Linear(64, 32, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(nonzero_weights((32, 64), torch.float32, "cpu", gen))
+    directions = torch.randn(8, 64, generator=gen)
+    x = torch.randn(512, 8, generator=gen) @ directions + 0.1 * torch.randn(512, 64, generator=gen)
+    errors = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        pruned = nn.Linear(64, 32, bias=False)
+        pruned.weight.data.copy_(layer.weight)
+        macko_spmv.prune(pruned, 0.5, method, calibration=None if method == "magnitude" else (lambda m: m(x)),
+                         progress=False, verbose=False)  # fmt: skip
+        with torch.no_grad():
+            errors[method] = float((pruned(x) - layer(x)).norm() / layer(x).norm())
+    assert errors["sparsegpt"] < 0.5 * errors["wanda"] and errors["wanda"] < errors["magnitude"], errors
+
+
+@pytest.mark.parametrize("method, hooks_per_run", [
+    ("wanda", [[1, 1]]),
+    ("sparsegpt", [[1, 1], [1, 0], [0, 1]]),  # the order of the layers, then one layer at a time
+])
+def test_calibration_hooks_are_removed(method, hooks_per_run, gen):
     model = small_model(torch.float32, "cpu", gen)
     batches = calibration_batches(2, 37, torch.float32, "cpu", gen)
     seen = []
@@ -146,13 +264,14 @@ def test_calibration_hooks_are_removed(gen):
         seen.append([len(layer._forward_pre_hooks) for layer in (m[0], m[2])])
         return run_all(batches)(m)
 
-    macko_spmv.prune(model, 0.5, "wanda", calibration=calibration, progress=False, verbose=False)
-    assert seen == [[1, 1]]
+    macko_spmv.prune(model, 0.5, method, calibration=calibration, progress=False, verbose=False)
+    assert seen == hooks_per_run
     # ...and none afterwards.
     assert all(not module._forward_pre_hooks and not module._forward_hooks for module in model.modules())
 
 
-def test_hooks_are_removed_and_nothing_pruned_when_calibration_fails(gen):
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_hooks_are_removed_and_nothing_pruned_when_calibration_fails(method, gen):
     model = small_model(torch.float32, "cpu", gen)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
@@ -161,31 +280,35 @@ def test_hooks_are_removed_and_nothing_pruned_when_calibration_fails(gen):
         raise RuntimeError("data loader broke")
 
     with pytest.raises(RuntimeError, match="data loader broke"):
-        macko_spmv.prune(model, 0.5, "wanda", calibration=failing, progress=False, verbose=False)
+        macko_spmv.prune(model, 0.5, method, calibration=failing, progress=False, verbose=False)
     assert all(not module._forward_pre_hooks for module in model.modules())
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
-def test_layer_that_receives_no_input_is_an_error(gen):
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_layer_that_receives_no_input_is_an_error(method, gen):
     model = small_model(torch.float32, "cpu", gen)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     first_layer_only = lambda m: m[0](torch.randn(3, 37, generator=gen))  # noqa: E731
     with pytest.raises(ValueError, match=r"received no input.*: 2;.*filter_fn"):
-        macko_spmv.prune(model, 0.5, "wanda", calibration=first_layer_only, progress=False, verbose=False)
+        macko_spmv.prune(model, 0.5, method, calibration=first_layer_only, progress=False, verbose=False)
     assert all(not module._forward_pre_hooks for module in model.modules())
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     # Leaving that layer out makes it work.
-    macko_spmv.prune(model, 0.5, "wanda", calibration=first_layer_only, filter_fn=lambda module, name: name == "0",
+    macko_spmv.prune(model, 0.5, method, calibration=first_layer_only, filter_fn=lambda module, name: name == "0",
                      progress=False, verbose=False)  # fmt: skip
     assert torch.count_nonzero(model[0].weight) == 23 * round(0.5 * 37)
 
 
-def test_non_finite_calibration_inputs_are_an_error(gen):
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_non_finite_calibration_inputs_are_an_error(method, gen):
     model = small_model(torch.float32, "cpu", gen)
+    before = model[0].weight.detach().clone()
     bad = torch.randn(2, 37, generator=gen)
     bad[1, 4] = float("inf")
-    with pytest.raises(ValueError, match="inf or NaN"):
-        macko_spmv.prune(model, 0.5, "wanda", calibration=lambda m: m(bad), progress=False, verbose=False)
+    with pytest.raises(ValueError, match="layer 0 received inf or NaN"):
+        macko_spmv.prune(model, 0.5, method, calibration=lambda m: m(bad), progress=False, verbose=False)
+    assert torch.equal(model[0].weight, before)
 
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda"])
@@ -268,8 +391,9 @@ def test_verbose_prints_the_summary(gen, capsys):
         (dict(density=float("nan")), ValueError, r"density must be in \(0, 1\]"),
         (dict(density="0.5"), TypeError, "density must be a real number"),
         (dict(density=True), TypeError, "density must be a real number"),
-        (dict(method="sparse"), ValueError, "method must be one of 'magnitude', 'wanda'"),
+        (dict(method="sparse"), ValueError, "method must be one of 'magnitude', 'wanda', 'sparsegpt'"),
         (dict(method="wanda"), ValueError, "method='wanda' needs calibration"),
+        (dict(method="sparsegpt"), ValueError, "method='sparsegpt' needs calibration"),
         (dict(calibration=lambda m: None), ValueError, "method='magnitude' uses no calibration"),
         (dict(method="wanda", calibration=[1, 2]), TypeError, "calibration must be a callable"),
         (dict(filter_fn="layer"), TypeError, "filter_fn must be None or a callable"),
