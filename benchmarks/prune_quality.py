@@ -33,7 +33,7 @@ the dense model, timed in the same run.
 
 Writes results.csv, meta.json (machine, versions, date, command),
 table.md and quality.png (drawn from results.csv; ``--plot-only DIR``
-redraws them) to --out (default benchmarks/results/prune-quality-<date>/).
+redraws them) to --out (default benchmarks/results/prune-quality-<cpu|cuda>-<date>/).
 """
 
 import argparse
@@ -46,6 +46,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 
@@ -205,6 +206,8 @@ def build_parser():
                         help="use the first N calibration sentences (default all)")
     parser.add_argument("--pair-count", type=int, default=None, metavar="N",
                         help="score on the first N paraphrase pairs and N distractors (default all)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch.set_num_threads(N) for the CPU (default torch's choice)")
     parser.add_argument("--out", default=None, help="output folder")
     parser.add_argument("--plot-only", metavar="DIR", default=None,
                         help="only redraw table.md and quality.png from DIR/results.csv")
@@ -233,6 +236,10 @@ def main(argv=None):
     if not densities or not all(0.0 < density <= 1.0 for density in densities):
         raise SystemExit(f"--densities must be in (0, 1], got {args.densities}")
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
 
     calibration_sentences, scoring_sentences, partners = load_sentences(
         calibration_count=args.calibration_count, pair_count=args.pair_count)
@@ -240,7 +247,7 @@ def main(argv=None):
     folder = minilm_folder()
     tokenizer, dense_model = load_minilm(folder, dtype, device)
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    out_dir = args.out or os.path.join("benchmarks", "results", f"prune-quality-{date}")
+    out_dir = args.out or os.path.join("benchmarks", "results", f"prune-quality-{device.type}-{date}")
     os.makedirs(out_dir, exist_ok=True)
     meta = environment(device, folder)
     meta.update(
@@ -341,7 +348,22 @@ def environment(device, folder):
         "macko_spmv_build": macko_spmv.ops.build_info(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "git_commit": git_commit(),
     }
+
+
+def git_commit():
+    """The checkout's commit (with "+dirty" for uncommitted changes), or None
+    outside a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=30, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
 
 
 def file_sha256(path):
