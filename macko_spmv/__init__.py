@@ -5,6 +5,7 @@
     y = macko_spmv.multiply(A, x)          # x [..., cols] -> y [..., rows]
     W = macko_spmv.decompress(A)           # back to dense
 
+    macko_spmv.prune(model, 0.5, method="wanda", calibration=lambda m: m(input_ids))
     macko_spmv.sparsify(model)             # nn.Linear -> MackoLinear, in place
     macko_spmv.save(model, "model.safetensors")
     macko_spmv.load(dense_model, "model.safetensors")
@@ -16,6 +17,7 @@ from . import ops
 from .matrix import MackoMatrix, compress, decompress, multiply
 from . import nn
 from .nn import MackoLinear, SparsifyReport, densify, sparsify
+from .pruning import PruneReport, prune
 from .serialization import load, save
 
 __version__ = "0.1.0"
@@ -33,5 +35,7 @@ __all__ = [
     "densify",
     "save",
     "load",
+    "prune",
+    "PruneReport",
     "__version__",
 ]

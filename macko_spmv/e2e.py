@@ -200,33 +200,14 @@ def decoder_linear_names(model):
             if DECODER_LINEAR.search(name) and isinstance(module, nn.Linear)]  # fmt: skip
 
 
-def prune_rows_(weight, density, chunk_elements=1 << 25):
-    """Zeroes, in place, all but the round(density * in_features) entries of
-    largest magnitude in every row of ``weight`` [out, in] (ties broken by
-    topk). Works in blocks of rows so that the scratch stays small."""
-    rows, cols = weight.shape
-    keep = round(density * cols)
-    if keep >= cols:
-        return weight
-    if keep <= 0:
-        return weight.zero_()
-    block = max(1, chunk_elements // max(cols, 1))
-    with torch.no_grad():
-        for first in range(0, rows, block):
-            chunk = weight[first : first + block]
-            largest = chunk.abs().float().topk(keep, dim=1, sorted=False).indices
-            mask = torch.zeros(chunk.shape, dtype=torch.bool, device=chunk.device).scatter_(1, largest, True)
-            chunk.masked_fill_(~mask, 0)
-    return weight
-
-
 def prune_decoder_(model, density):
-    """Prunes every decoder linear layer of ``model`` in place (prune_rows_);
-    returns how many layers were pruned."""
-    names = decoder_linear_names(model)
-    for name in names:
-        prune_rows_(model.get_submodule(name).weight.data, density)
-    return len(names)
+    """Prunes every decoder linear layer of ``model`` in place, keeping the
+    round(density * in_features) entries of largest magnitude in each row
+    (macko_spmv.prune); returns how many layers were pruned."""
+    report = macko_spmv.PruneReport()
+    macko_spmv.prune(model, density, filter_fn=lambda module, name: DECODER_LINEAR.search(name) is not None,
+                     progress=False, verbose=False, report=report)  # fmt: skip
+    return len(report.pruned)
 
 
 def convert(model, progress=False):

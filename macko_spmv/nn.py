@@ -276,7 +276,7 @@ class ConvertedLayer:
 
 @dataclass(frozen=True)
 class SkippedLayer:
-    """An nn.Linear that sparsify left as it was, and why.
+    """An nn.Linear that sparsify (or prune: see PruneReport) left as it was, and why.
 
     kind is one of "filtered" (include/exclude/filter_fn), "sparsity" (below
     min_sparsity), "empty" (no elements), "dtype", "device", "tied" (weight
@@ -330,14 +330,21 @@ class SparsifyReport:
                 f"  weights of the converted layers: {_format_bytes(before)} dense -> {_format_bytes(after)} "
                 f"MACKO ({after / before:.1%} of dense)"
             )
-        counts = {}
-        for layer in self.skipped:
-            counts[layer.kind] = counts.get(layer.kind, 0) + 1
-        for kind, count in counts.items():
-            example = next(layer for layer in self.skipped if layer.kind == kind)
-            more = f" (and {count - 1} more)" if count > 1 else ""
-            lines.append(f"  skipped {count} [{kind}]: e.g. {example.name or '<model>'}: {example.reason}{more}")
+        lines += _skipped_summary(self.skipped)
         return "\n".join(lines)
+
+
+def _skipped_summary(skipped: list) -> list:
+    """One line per kind of SkippedLayer: how many, and one example."""
+    counts = {}
+    for layer in skipped:
+        counts[layer.kind] = counts.get(layer.kind, 0) + 1
+    lines = []
+    for kind, count in counts.items():
+        example = next(layer for layer in skipped if layer.kind == kind)
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        lines.append(f"  skipped {count} [{kind}]: e.g. {example.name or '<model>'}: {example.reason}{more}")
+    return lines
 
 
 def _format_bytes(count: int) -> str:
@@ -369,6 +376,22 @@ def _module_aliases(model: nn.Module, module_type) -> dict:
         if isinstance(module, module_type):
             aliases.setdefault(id(module), (module, []))[1].append(name)
     return aliases
+
+
+def _parameter_names(model: nn.Module) -> dict:
+    """{id(parameter): [every qualified name it has]} for the model's parameters."""
+    names = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    return names
+
+
+def _weight_shared_with(layer: nn.Module, names: list, parameter_names: dict) -> list:
+    """The names under which the layer's weight is reachable from outside the
+    layer (its names listed in ``names``): a tied weight, such as an output
+    projection that shares its matrix with an embedding."""
+    own_names = {f"{name}.weight" if name else "weight" for name in names}
+    return [name for name in parameter_names.get(id(layer.weight), []) if name not in own_names]
 
 
 def _replace(model: nn.Module, name: str, new_module: nn.Module) -> None:
@@ -439,11 +462,7 @@ def sparsify(
         return (any(included(n) for n in names) and not any(excluded(n) for n in names)
                 and (filter_fn is None or any(filter_fn(layer, n) for n in names)))
 
-    # Which parameters are reachable under which names: a weight reachable
-    # from outside its layer is tied to another module.
-    parameter_names = {}
-    for name, parameter in model.named_parameters(remove_duplicate=False):
-        parameter_names.setdefault(id(parameter), []).append(name)
+    parameter_names = _parameter_names(model)
 
     candidates = []  # (layer, names) that pass every check but the sparsity
     for layer, names in _module_aliases(model, nn.Linear).values():
@@ -460,8 +479,7 @@ def sparsify(
         elif layer.weight.is_meta:
             skip = ("device", "weight is on the meta device (no data to compress)")
         else:
-            own_names = {n + ".weight" for n in names}
-            shared = [n for n in parameter_names.get(id(layer.weight), []) if n not in own_names]
+            shared = _weight_shared_with(layer, names, parameter_names)
             if shared:
                 skip = ("tied", f"weight is shared with {shared[0]}; converting would store it twice")
         if skip:

@@ -99,8 +99,8 @@ step "sdist (setuptools' build_sdist, as python -m build --sdist --no-isolation 
 rm -f "$src/macko_spmv/_build_config.py"
 sdist=$(ls "$work"/sdist/*.tar.gz)
 tar -tzf "$sdist" | sed 's|^[^/]*/||' | sort > "$work/sdist.files"
-(git ls-files csrc tests macko_spmv benchmarks/*.py; printf '%s\n' benchmarks/requirements.txt LICENSE setup.py \
-  pyproject.toml MANIFEST.in) \
+(git ls-files csrc tests macko_spmv benchmarks/*.py benchmarks/*.json; printf '%s\n' benchmarks/requirements.txt LICENSE \
+  setup.py pyproject.toml MANIFEST.in) \
   | sort > "$work/sdist.wanted"
 missing=$(comm -13 "$work/sdist.files" "$work/sdist.wanted")
 [ -z "$missing" ] || fail "the sdist lacks: $missing"

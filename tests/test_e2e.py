@@ -57,23 +57,6 @@ def read_csv(path):
 # Building and pruning
 
 
-def test_prune_rows_keeps_the_largest_round_d_in_of_every_row():
-    gen = torch.Generator().manual_seed(1)
-    weight = torch.randn(37, 101, generator=gen)
-    original = weight.clone()
-    for density in (0.7, 0.5, 0.3, 0.1):
-        pruned = e2e.prune_rows_(original.clone(), density, chunk_elements=500)  # several row blocks
-        keep = round(density * 101)
-        assert (pruned != 0).sum(dim=1).tolist() == [keep] * 37
-        kept = pruned != 0
-        assert torch.equal(pruned[kept], original[kept])  # kept entries unchanged
-        smallest_kept = original.abs().masked_fill(~kept, math.inf).amin(dim=1)
-        largest_dropped = original.abs().masked_fill(kept, -math.inf).amax(dim=1)
-        assert (smallest_kept >= largest_dropped).all()
-    assert torch.equal(e2e.prune_rows_(original.clone(), 1.0), original)
-    assert not e2e.prune_rows_(original.clone(), 0.001).any()
-
-
 def test_build_model_is_seeded_and_fully_initialised():
     config = e2e.make_config("tiny")
     first = e2e.build_model(config, "cpu", torch.float32, seed=3)
