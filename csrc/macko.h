@@ -150,6 +150,12 @@ inline void check_multiply_input(const at::Tensor& values, int64_t cols,
                              AT_DISPATCH_CASE(at::ScalarType::Float,     \
                                               __VA_ARGS__))
 
+// The 16-bit value dtypes only (kernels on the tensor cores).
+#define MACKO_DISPATCH_16BIT_TYPES(TYPE, NAME, ...)                      \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                         \
+                     AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__) \
+                         AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
+
 // Runs the lambda with `index_t` bound to the row pointers' element type.
 #define MACKO_DISPATCH_INDEX_TYPES(TYPE, NAME, ...)                         \
   AT_DISPATCH_SWITCH(TYPE, NAME,                                            \

@@ -16,7 +16,7 @@ import macko_spmv
 
 gen = torch.Generator().manual_seed(0)
 ops = torch.ops.macko_spmv
-ROUTES = ("stream", "dense")
+ROUTES = ("stream", "tiles", "dense")
 
 
 def each_route():
@@ -34,12 +34,12 @@ def pruned(rows, cols, density, dtype):
 
 for dtype in (torch.float16, torch.bfloat16, torch.float32):
     for rows, cols, density in [(1, 1, 1.0), (1, 37, 0.5), (37, 1, 0.5), (13, 97, 0.3), (65, 1031, 0.05),
-                                (33, 300, 1.0), (8, 64, 0.0), (4097 // 16, 3001, 0.2)]:
+                                (33, 300, 1.0), (8, 64, 0.0), (4097 // 16, 3001, 0.2), (19, 264, 0.5), (300, 8, 0.3)]:
         M = pruned(rows, cols, density, dtype)
         A = macko_spmv.compress(M)
         assert torch.equal(macko_spmv.decompress(A), M)
         for route in each_route():
-            for batch in (None, 1, 2, 3, 5, 8, 16, 19):
+            for batch in (None, 1, 2, 3, 5, 8, 16, 19, 40, 70):
                 x = torch.randn(*(() if batch is None else (batch,)), cols, generator=gen).to(dtype).cuda()
                 macko_spmv.multiply(A, x)
             wide = (A.values, A.deltas, A.row_indices.long(), rows, cols)
@@ -61,13 +61,13 @@ del os.environ["MACKO_MULTIPLY_ROUTE"]
 macko_spmv.decompress(macko_spmv.compress(pruned(3, 50_001, 0.5, torch.bfloat16)))
 
 # Corrupted contents: rows pointing outside the stream, deltas running past cols.
-M = pruned(40, 300, 0.2, torch.float16)
+M = pruned(40, 296, 0.2, torch.float16)
 A = macko_spmv.compress(M)
 n = A.values.numel()
-x = torch.randn(4, 300, generator=gen).half().cuda()
+x = torch.randn(12, 296, generator=gen).half().cuda()
 for pointers in ([-5] * 41, [n + 1000] * 41, [0] + [n] * 40, list(range(40 * 50, -1, -50))):
     for deltas in (A.deltas, torch.full_like(A.deltas, 0xFF)):
-        args = (A.values, deltas, torch.tensor(pointers, dtype=torch.int32).cuda(), 40, 300)
+        args = (A.values, deltas, torch.tensor(pointers, dtype=torch.int32).cuda(), 40, 296)
         for route in each_route():
             ops.multiply(*args, x)
             ops.multiply(*args, x[0])

@@ -1,5 +1,7 @@
-"""The two CUDA routes of multiply (the streaming kernel, and decompress +
-cuBLAS a slab at a time) and the decompress kernel, against float64."""
+"""The CUDA routes of multiply (the streaming kernel, the tile kernel, and
+decompress + cuBLAS a slab at a time) and the decompress kernel, against
+float64. Shapes whose cols are a multiple of 8 reach the tile kernel (16-bit
+values); the others take the stream route under "tiles"."""
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from conftest import assert_product_close, poison_allocator, random_pruned, requ
 
 pytestmark = requires_cuda
 
-ROUTES = ["stream", "dense", "auto"]
+ROUTES = ["stream", "tiles", "dense", "auto"]
 
 
 @pytest.fixture(params=ROUTES)
@@ -28,7 +30,7 @@ def poisoned_multiply(A, x):
     return macko_spmv.multiply(A, x)
 
 
-@pytest.mark.parametrize("shape", [(1, 300), (300, 1), (13, 97), (257, 1031), (5, 4099)])
+@pytest.mark.parametrize("shape", [(1, 300), (300, 1), (13, 97), (257, 1031), (5, 4099), (300, 8), (19, 264), (33, 1040)])
 @pytest.mark.parametrize("density", [1.0, 0.3, 0.02])
 @pytest.mark.parametrize("batch", [1, 2, 3, 8, 9, 16, 33, 130])
 def test_routes_agree_with_float64(route, dtype, shape, density, batch, gen):

@@ -36,26 +36,6 @@ constexpr int kSharedBytes = kDecompressWarps * kSegmentBytes;
 // 16-bit values, 9 for fp32).
 constexpr int kPrefetchSteps = 4;
 
-// A lane's group of one warp step, loaded ahead of its decoding. Groups
-// outside the row [begin, end) are not read (mask 0, all zero).
-template <typename scalar_t>
-struct StepGroup {
-  GroupValues<scalar_t> group;
-  uint32_t nibbles;
-  unsigned mask;
-
-  __device__ __forceinline__ void load(const scalar_t* values, const uint32_t* nibble_words, int64_t first,
-                                       int64_t begin, int64_t end) {
-    mask = group_row_mask(first, begin, end);
-    group.clear();
-    nibbles = 0;
-    if (mask) {
-      group.load(values, first);
-      nibbles = load_streaming(nibble_words + first / kGroupEntries);
-    }
-  }
-};
-
 // One warp's segment of a dense row in shared memory: columns
 // [lo, lo + kCols) of the row, zero wherever no entry has been stored.
 template <typename scalar_t>
@@ -146,15 +126,10 @@ __global__ void __launch_bounds__(kDecompressThreads)
       for (int p = 0; p < kPrefetchSteps; ++p) {
         const int64_t step = round + p * kWarpStepEntries;
         if (step < end && prev_col + 1u < ucols) {  // warp-uniform
-          const GroupSteps steps(ahead[p].nibbles, ahead[p].mask);
-          const uint32_t totals[1] = {steps.odd_offsets() >> 24};
-          unsigned base[1];
-          warp_group_bases(totals, lane, prev_col, base);
           // The entries' columns; entries outside the row get ~0u, which no
           // segment holds.
           unsigned col[kGroupEntries];
-          const unsigned mask = ahead[p].mask;
-          for_each_column(steps, base[0], [&](int j, unsigned c) { col[j] = ((mask >> j) & 1u) ? c : ~0u; });
+          ahead[p].decode(lane, prev_col, col);
           const scalar_t* entry = reinterpret_cast<const scalar_t*>(ahead[p].group.words);
           // prev_col is now the column of the step's last entry
           // (warp-uniform): store the step's entries, and copy out every

@@ -235,5 +235,38 @@ __device__ __forceinline__ void for_each_column(const GroupSteps& steps, unsigne
   for_each_offset(steps, [&](int j, unsigned offset) { visit(j, base + offset); });
 }
 
+// A lane's group of one warp step of a row's walk (one warp per row), loaded
+// ahead of its decoding. Groups outside the row [begin, end) are not read
+// (mask 0, all zero).
+template <typename scalar_t>
+struct StepGroup {
+  GroupValues<scalar_t> group;
+  uint32_t nibbles;
+  unsigned mask;  // the group's entries that belong to the row
+
+  __device__ __forceinline__ void load(const scalar_t* values, const uint32_t* nibble_words, int64_t first,
+                                       int64_t begin, int64_t end) {
+    mask = group_row_mask(first, begin, end);
+    group.clear();
+    nibbles = 0;
+    if (mask) {
+      group.load(values, first);
+      nibbles = load_streaming(nibble_words + first / kGroupEntries);
+    }
+  }
+
+  // The columns of the lane's entries (~0u for entries outside the row),
+  // with one warp scan; prev_col (warp-uniform, ~0u before the row's first
+  // step) moves to the column of the step's last entry.
+  __device__ __forceinline__ void decode(int lane, unsigned& prev_col, unsigned (&col)[kGroupEntries]) const {
+    const GroupSteps steps(nibbles, mask);
+    const uint32_t totals[1] = {steps.odd_offsets() >> 24};
+    unsigned base[1];
+    warp_group_bases(totals, lane, prev_col, base);
+    const unsigned row_mask = mask;
+    for_each_column(steps, base[0], [&](int j, unsigned c) { col[j] = ((row_mask >> j) & 1u) ? c : ~0u; });
+  }
+};
+
 }  // namespace cuda
 }  // namespace macko

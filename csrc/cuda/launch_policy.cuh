@@ -16,6 +16,7 @@ namespace cuda {
 struct DeviceFacts {
   int sm_count;
   int max_shared_per_block;  // bytes, with the opt-in above 48 KB
+  int major;                 // compute capability
 };
 
 inline const DeviceFacts& device_facts(int device) {
@@ -27,6 +28,7 @@ inline const DeviceFacts& device_facts(int device) {
     DeviceFacts f{};
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&f.sm_count, cudaDevAttrMultiProcessorCount, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&f.max_shared_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&f.major, cudaDevAttrComputeCapabilityMajor, device));
     it = facts.emplace(device, f).first;
   }
   return it->second;

@@ -5,6 +5,11 @@
 //   up to kMaxBatch right-hand sides and does the arithmetic as it decodes.
 //   Its time is the matrix's bytes plus a small cost per right-hand side:
 //   the route for one vector and small batches.
+// - "tiles": the tile kernel (multiply_tiles.cuh) reads the matrix once per
+//   up to 64 right-hand sides, decodes 16 x 256 tiles into shared memory as
+//   dense and multiplies them on the tensor cores: for batches past the
+//   streaming kernel's. 16-bit values, cols a multiple of 8, sm_80 and
+//   newer; otherwise the stream route runs instead.
 // - "dense": decompress a slab of rows into a dense scratch (decompress.cu)
 //   and multiply the slab with cuBLAS (at::mm_out), slab after slab. Its
 //   time is the dense GEMM's plus the decompress: the route for prompts
@@ -15,8 +20,8 @@
 //
 // "auto" takes the stream route up to a batch that depends on the density
 // (kStreamMaxBatch*), the dense route above it: the crossovers measured on
-// an H200 (benchmarks/NOTES.md, v13). MACKO_MULTIPLY_ROUTE=stream|dense in
-// the environment overrides the choice on every call, for benchmarks and
+// an H200 (benchmarks/NOTES.md, v13). MACKO_MULTIPLY_ROUTE=stream|tiles|dense
+// in the environment overrides the choice on every call, for benchmarks and
 // tests.
 #include <torch/library.h>
 
@@ -25,19 +30,21 @@
 
 #include "decompress.cuh"
 #include "multiply.cuh"
+#include "multiply_tiles.cuh"
 
 namespace macko {
 namespace cuda {
 namespace {
 
-enum class Route { kAuto, kStream, kDense };
+enum class Route { kAuto, kStream, kTiles, kDense };
 
 Route requested_route() {
   const char* name = std::getenv("MACKO_MULTIPLY_ROUTE");
   if (name == nullptr || *name == '\0' || std::strcmp(name, "auto") == 0) return Route::kAuto;
   if (std::strcmp(name, "stream") == 0) return Route::kStream;
+  if (std::strcmp(name, "tiles") == 0) return Route::kTiles;
   if (std::strcmp(name, "dense") == 0) return Route::kDense;
-  TORCH_CHECK_VALUE(false, "MACKO_MULTIPLY_ROUTE must be auto, stream or dense, got '", name, "'");
+  TORCH_CHECK_VALUE(false, "MACKO_MULTIPLY_ROUTE must be auto, stream, tiles or dense, got '", name, "'");
 }
 
 // Largest batch that "auto" sends to the streaming kernel, by the fraction
@@ -156,6 +163,28 @@ void multiply_stream(const at::Tensor& values, const at::Tensor& deltas, const a
   }
 }
 
+// Whether the tile kernel takes this matrix (multiply_tiles.cuh).
+bool tiles_apply(const at::Tensor& values, int64_t cols) {
+  const bool sixteen_bits = values.scalar_type() == at::kHalf || values.scalar_type() == at::kBFloat16;
+  return sixteen_bits && cols % 8 == 0 && device_facts(current_device()).major >= 8;
+}
+
+// y [batch, rows] through the tile kernel, tiles_impl::kMaxBatch
+// right-hand sides per pass; x's rows 16-byte aligned (copied if not).
+void multiply_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
+                    int64_t cols, const at::Tensor& x_in, at::Tensor& y) {
+  const bool aligned = x_in.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x_in.const_data_ptr()) % 16 == 0;
+  const at::Tensor x = aligned ? x_in : x_in.clone(at::MemoryFormat::Contiguous);
+  const int64_t batch = x.size(0);
+  for (int64_t b0 = 0; b0 < batch; b0 += tiles_impl::kMaxBatch) {
+    const int64_t nb = std::min<int64_t>(tiles_impl::kMaxBatch, batch - b0);
+    at::Tensor y_chunk = y.narrow(0, b0, nb);
+    MACKO_DISPATCH_16BIT_TYPES(values.scalar_type(), "macko_multiply_tiles", [&] {
+      tiles_impl::multiply_tiles_typed<scalar_t>(values, deltas, row_indices, rows, cols, x.narrow(0, b0, nb), y_chunk);
+    });
+  }
+}
+
 at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_in, const at::Tensor& row_indices,
                          int64_t rows, int64_t cols, const at::Tensor& x_in) {
   check_compressed(values_in, deltas_in, row_indices, rows, cols);
@@ -172,8 +201,11 @@ at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_i
     // Both routes take x as [batch, cols] with unit column stride.
     at::Tensor x = (batched ? x_in : x_in.unsqueeze(0));
     if (x.stride(1) != 1) x = x.contiguous();
-    if (choose_route(batch, values.numel(), rows, cols) == Route::kDense) {
+    const Route route = choose_route(batch, values.numel(), rows, cols);
+    if (route == Route::kDense) {
       multiply_dense(values, deltas, row_indices, rows, cols, x, y);
+    } else if (route == Route::kTiles && tiles_apply(values, cols)) {
+      multiply_tiles(values, deltas, row_indices, rows, cols, x, y);
     } else {
       multiply_stream(values, deltas, row_indices, rows, cols, x, y);
     }

@@ -1,0 +1,273 @@
+// multiply_tiles.cuh: the tile kernel, y = M x for 8 to 64 right-hand sides
+// of 16-bit values per pass: "load as sparse, compute as dense".
+//
+// Algorithm. A block takes kTileRows (16) consecutive rows, one warp per
+// row, and walks them in lockstep through the columns, kSegmentCols (256)
+// at a time. For each segment every warp clears its row of a dense tile in
+// shared memory and stores its row's entries of the segment into it: the
+// warp walks its row's stream a warp step (256 entries, an aligned group
+// per lane) at a time, decoding columns as every kernel here does
+// (group_decode.cuh), and keeps a step that runs into the next segment for
+// the next one. Meanwhile the block copies the segment's columns of x
+// ([batch][cols]) into a second tile with cp.async. After one barrier the
+// tile is a dense 16 x 256 block of M and x's 256 x batch block beside it:
+// the tensor cores multiply them (mma.m16n8k16, operands loaded with
+// ldmatrix), each warp one n-tile of 8 right-hand sides and a slice of the
+// 16 k-steps, accumulating across segments. Two buffers alternate, so a
+// segment's stores overlap the previous segment's products; at the rows'
+// end the warps' partial sums are added in shared memory and written to y.
+//
+// Why. The streaming kernel gathers kBatch values of x per stored entry
+// from shared memory (16 bytes at batch 8, with random bank conflicts) and
+// its registers grow with the batch: past batch 2-4 it is bound by those
+// gathers. Here x is read by ldmatrix in whole 16-byte rows, once per
+// 16 x 256 tile, and the cost per stored entry is its decode and one 2-byte
+// store, whatever the batch; the dense products cost the tensor cores
+// little. The matrix is still read once per pass, in coalesced 16-byte
+// loads, with two steps per warp in flight.
+//
+// Layout. Tile rows are kRowPitch scalars apart (256 + 8: the 16 bytes of
+// padding put ldmatrix's 8 row addresses in distinct banks). x must have
+// unit column stride, 16-byte aligned rows, and cols a multiple of 8
+// (multiply.cu checks, and copies x otherwise).
+#pragma once
+
+#include <algorithm>
+
+#include "async_copy.cuh"
+#include "group_decode.cuh"
+#include "launch_policy.cuh"
+#include "row_dot.cuh"
+
+namespace macko {
+namespace cuda {
+namespace tiles_impl {
+
+constexpr int kTileRows = 16;  // one warp a row, one mma tile high
+constexpr int kTileThreads = kTileRows * kWarpSize;
+constexpr int kSegmentCols = 256;
+constexpr int kKSteps = kSegmentCols / 16;  // mma k-steps per segment
+constexpr int kRowPitch = kSegmentCols + 8;
+constexpr int kMaxBatch = 64;               // right-hand sides per pass: 8 n-tiles
+static_assert(kSegmentCols == kWarpSize * 8, "a warp clears a tile row with one 16-byte store a lane");
+
+template <int kNTiles>
+struct TileShape {
+  static_assert(kTileRows % kNTiles == 0 && kKSteps % (kTileRows / kNTiles) == 0, "warps split the n-tiles evenly");
+  static constexpr int kBatchPad = kNTiles * 8;
+  static constexpr int kWarpsPerNTile = kTileRows / kNTiles;   // k-slices of each n-tile
+  static constexpr int kKStepsPerWarp = kKSteps / kWarpsPerNTile;
+  static constexpr int kMatrixBytes = kTileRows * kRowPitch * 2;
+  static constexpr int kXBytes = kBatchPad * kRowPitch * 2;
+  static constexpr int kBufferBytes = kMatrixBytes + kXBytes;
+  static constexpr int kSharedBytes = 2 * kBufferBytes;
+  static_assert(kTileRows * kWarpSize * 4 * 4 <= kMatrixBytes, "the final sums fit in buffer 0's matrix tile");
+};
+
+template <typename scalar_t, typename index_t>
+struct TileArgs {
+  const scalar_t* values;
+  const uint8_t* deltas;
+  const index_t* row_indices;
+  int64_t n_entries;
+  int64_t rows;
+  int cols;
+  const scalar_t* x;  // [batch][cols], row stride x_stride
+  int64_t x_stride;
+  int batch;
+  scalar_t* y;  // [batch][rows]
+  int64_t n_tiles;
+};
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(address));
+}
+
+template <typename scalar_t, typename index_t, int kNTiles>
+__global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const TileArgs<scalar_t, index_t> args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using Shape = TileShape<kNTiles>;
+  extern __shared__ uint4 shared_words[];
+  char* shared = reinterpret_cast<char*>(shared_words);
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  const unsigned ucols = static_cast<unsigned>(args.cols);
+  const int segments = (args.cols + kSegmentCols - 1) / kSegmentCols;
+  const uint32_t* nibble_words = reinterpret_cast<const uint32_t*>(args.deltas);
+  // This warp's share of the products: n-tile n_tile, k-slice k_slice.
+  const int n_tile = warp / Shape::kWarpsPerNTile;
+  const int k_slice = warp % Shape::kWarpsPerNTile;
+
+  // Both buffers start zero: x's rows past `batch` are never copied (their
+  // products land in columns of y that are not written).
+  for (int i = threadIdx.x; i < Shape::kSharedBytes / 16; i += blockDim.x) shared_words[i] = make_uint4(0, 0, 0, 0);
+  __syncthreads();
+
+  for (int64_t tile = blockIdx.x; tile < args.n_tiles; tile += gridDim.x) {
+    const int64_t row = tile * kTileRows + warp;
+    int64_t begin = 0, end = 0;
+    if (row < args.rows) row_range(args.row_indices, row, args.n_entries, begin, end);
+    // The row's walk: `current` holds the step whose entries are being
+    // stored (decoded into col), `ahead` the next two steps' loads.
+    int64_t step = begin & ~(kGroupEntries - 1);
+    unsigned prev_col = ~0u;
+    StepGroup<scalar_t> current, ahead0, ahead1;
+    current.load(args.values, nibble_words, step + lane * kGroupEntries, begin, end);
+    ahead0.load(args.values, nibble_words, step + kWarpStepEntries + lane * kGroupEntries, begin, end);
+    ahead1.load(args.values, nibble_words, step + 2 * kWarpStepEntries + lane * kGroupEntries, begin, end);
+    unsigned col[kGroupEntries];
+    bool walking = step < end;  // warp-uniform
+    if (walking) current.decode(lane, prev_col, col);
+
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int segment = 0; segment < segments; ++segment) {
+      char* buffer = shared + (segment & 1) * Shape::kBufferBytes;
+      scalar_t* matrix_tile = reinterpret_cast<scalar_t*>(buffer);
+      scalar_t* x_tile = reinterpret_cast<scalar_t*>(buffer + Shape::kMatrixBytes);
+      const unsigned lo = static_cast<unsigned>(segment) * kSegmentCols;
+      const unsigned hi = lo + kSegmentCols;
+
+      // x's columns [lo, hi), 8 at a time; zeros past the last column so
+      // that the tile's zero columns there multiply zeros, not stale data.
+      for (int c = threadIdx.x; c < args.batch * (kSegmentCols / 8); c += blockDim.x) {
+        const int b = c / (kSegmentCols / 8);
+        const int chunk = c % (kSegmentCols / 8);
+        const int first_col = static_cast<int>(lo) + chunk * 8;
+        scalar_t* dst = x_tile + b * kRowPitch + chunk * 8;
+        if (first_col < args.cols) {
+          copy16_async(dst, args.x + b * args.x_stride + first_col);
+        } else {
+          *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+        }
+      }
+      commit_async_copies();
+
+      // This warp's row of the tile: cleared, then the row's entries of the
+      // segment.
+      scalar_t* tile_row = matrix_tile + warp * kRowPitch;
+      reinterpret_cast<uint4*>(tile_row)[lane] = make_uint4(0, 0, 0, 0);
+      __syncwarp();
+      const scalar_t* entry = reinterpret_cast<const scalar_t*>(current.group.words);
+      while (walking) {  // warp-uniform
+#pragma unroll
+        for (int j = 0; j < kGroupEntries; ++j) {
+          if (col[j] - lo < static_cast<unsigned>(kSegmentCols)) tile_row[col[j] - lo] = entry[j];
+        }
+        if (prev_col >= hi) break;  // the step goes on into the next segment
+        step += kWarpStepEntries;
+        walking = step < end && prev_col + 1u < ucols;  // a corrupted stream stops at the last column
+        if (!walking) break;
+        current = ahead0;
+        ahead0 = ahead1;
+        ahead1.load(args.values, nibble_words, step + 2 * kWarpStepEntries + lane * kGroupEntries, begin, end);
+        current.decode(lane, prev_col, col);
+        entry = reinterpret_cast<const scalar_t*>(current.group.words);
+      }
+      wait_async_copies<0>();
+      __syncthreads();  // the tile is whole, and x's block has arrived
+
+#pragma unroll
+      for (int s = 0; s < Shape::kKStepsPerWarp; ++s) {
+        const int k = (k_slice * Shape::kKStepsPerWarp + s) * 16;
+        uint32_t a[4], b[2];
+        ldmatrix_x4(a, matrix_tile + (lane % 16) * kRowPitch + k + (lane / 16) * 8);
+        ldmatrix_x2(b, x_tile + (n_tile * 8 + lane % 8) * kRowPitch + k + ((lane / 8) % 2) * 8);
+        multiply_impl::mma_16816<scalar_t>(acc, a, b[0], b[1]);
+      }
+      // No barrier here: the next segment fills the other buffer, and its
+      // barrier comes after every warp's products from this one, before
+      // this buffer is filled again.
+    }
+
+    // The k-slices' partial sums, added in shared memory (buffer 0, free
+    // once every warp is past the last segment's products).
+    __syncthreads();
+    float* partial = reinterpret_cast<float*>(shared);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) partial[(warp * kWarpSize + lane) * 4 + i] = acc[i];
+    __syncthreads();
+    // acc[i] of lane 4g + t is D[g + 8 (i / 2)][2t + i % 2] (row, right-hand
+    // side within the n-tile).
+    for (int o = threadIdx.x; o < kTileRows * Shape::kBatchPad; o += blockDim.x) {
+      const int m = o % kTileRows;
+      const int n = o / kTileRows;
+      const int source_lane = (m % 8) * 4 + (n % 8) / 2;
+      const int i = (m / 8) * 2 + n % 2;
+      float sum = 0.0f;
+#pragma unroll
+      for (int s = 0; s < Shape::kWarpsPerNTile; ++s) {
+        sum += partial[(((n / 8) * Shape::kWarpsPerNTile + s) * kWarpSize + source_lane) * 4 + i];
+      }
+      const int64_t out_row = tile * kTileRows + m;
+      if (n < args.batch && out_row < args.rows) args.y[n * args.rows + out_row] = static_cast<scalar_t>(sum);
+    }
+    // Buffer 0 is cleared by the next rows' first segment only after this.
+    __syncthreads();
+  }
+#endif
+}
+
+template <typename scalar_t, typename index_t, int kNTiles>
+void launch_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
+                  int64_t cols, const at::Tensor& x, at::Tensor& y) {
+  using Shape = TileShape<kNTiles>;
+  const int device = current_device();
+  const void* kernel = reinterpret_cast<const void*>(tile_multiply_kernel<scalar_t, index_t, kNTiles>);
+  const int per_sm = std::max(1, resident_blocks(kernel, device, kTileThreads, Shape::kSharedBytes));
+  TileArgs<scalar_t, index_t> args{};
+  args.values = values.const_data_ptr<scalar_t>();
+  args.deltas = deltas.const_data_ptr<uint8_t>();
+  args.row_indices = row_indices.const_data_ptr<index_t>();
+  args.n_entries = values.numel();
+  args.rows = rows;
+  args.cols = static_cast<int>(cols);
+  args.x = x.const_data_ptr<scalar_t>();
+  args.x_stride = x.stride(0);
+  args.batch = static_cast<int>(x.size(0));
+  args.y = y.mutable_data_ptr<scalar_t>();
+  args.n_tiles = (rows + kTileRows - 1) / kTileRows;
+  const int64_t blocks = std::min<int64_t>(args.n_tiles, static_cast<int64_t>(per_sm) * device_facts(device).sm_count);
+  tile_multiply_kernel<scalar_t, index_t, kNTiles>
+      <<<static_cast<unsigned>(blocks), kTileThreads, Shape::kSharedBytes, c10::cuda::getCurrentCUDAStream()>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// y [batch, rows] = x [batch, cols] M^T for 1 <= batch <= kMaxBatch, 16-bit
+// values, x as the header says.
+template <typename scalar_t>
+void multiply_tiles_typed(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices,
+                          int64_t rows, int64_t cols, const at::Tensor& x, at::Tensor& y) {
+  const int64_t batch = x.size(0);
+  TORCH_CHECK(batch >= 1 && batch <= kMaxBatch, "macko_spmv multiply (tiles): batch ", batch, " outside 1..", kMaxBatch);
+  MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
+    if (batch <= 8) {
+      launch_tiles<scalar_t, index_t, 1>(values, deltas, row_indices, rows, cols, x, y);
+    } else if (batch <= 16) {
+      launch_tiles<scalar_t, index_t, 2>(values, deltas, row_indices, rows, cols, x, y);
+    } else if (batch <= 32) {
+      launch_tiles<scalar_t, index_t, 4>(values, deltas, row_indices, rows, cols, x, y);
+    } else {
+      launch_tiles<scalar_t, index_t, 8>(values, deltas, row_indices, rows, cols, x, y);
+    }
+  });
+}
+
+}  // namespace tiles_impl
+
+// The tile kernels of the 16-bit dtypes, compiled in multiply_<dtype>.cu.
+#define MACKO_INSTANTIATE_TILES(scalar_t)                                                                     \
+  template void tiles_impl::multiply_tiles_typed<scalar_t>(const at::Tensor&, const at::Tensor&, const at::Tensor&, \
+                                                           int64_t, int64_t, const at::Tensor&, at::Tensor&)
+extern MACKO_INSTANTIATE_TILES(c10::Half);
+extern MACKO_INSTANTIATE_TILES(c10::BFloat16);
+
+}  // namespace cuda
+}  // namespace macko
