@@ -14,8 +14,9 @@
 // the tensor cores multiply them (mma.m16n8k16, operands loaded with
 // ldmatrix), each warp one n-tile of 8 right-hand sides and a slice of the
 // 16 k-steps, accumulating across segments. Two buffers alternate, so a
-// segment's stores overlap the previous segment's products; at the rows'
-// end the warps' partial sums are added in shared memory and written to y.
+// segment's stores overlap the previous segment's products, and x's block
+// of a segment is copied during the segment before; at the rows' end the
+// warps' partial sums are added in shared memory and written to y.
 //
 // Why. The streaming kernel gathers kBatch values of x per stored entry
 // from shared memory (16 bytes at batch 8, with random bank conflicts) and
@@ -111,7 +112,31 @@ __global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const Ti
   for (int i = threadIdx.x; i < Shape::kSharedBytes / 16; i += blockDim.x) shared_words[i] = make_uint4(0, 0, 0, 0);
   __syncthreads();
 
+  // Copies x's columns of segment `segment` into that segment's buffer, 8
+  // columns (16 bytes) a copy; zeros past the last column, so that the
+  // tile's zero columns there multiply zeros, not stale data.
+  auto copy_x = [&](int segment) {
+    scalar_t* x_tile = reinterpret_cast<scalar_t*>(shared + (segment & 1) * Shape::kBufferBytes + Shape::kMatrixBytes);
+    const int lo = segment * kSegmentCols;
+    for (int c = threadIdx.x; c < args.batch * (kSegmentCols / 8); c += blockDim.x) {
+      const int b = c / (kSegmentCols / 8);
+      const int chunk = c % (kSegmentCols / 8);
+      const int first_col = lo + chunk * 8;
+      scalar_t* dst = x_tile + b * kRowPitch + chunk * 8;
+      if (first_col < args.cols) {
+        copy16_async(dst, args.x + b * args.x_stride + first_col);
+      } else {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    commit_async_copies();
+  };
+
   for (int64_t tile = blockIdx.x; tile < args.n_tiles; tile += gridDim.x) {
+    // x's block for a segment is requested one segment ahead: a copy from
+    // L2 waited for in the same segment would stall every segment (the
+    // first version did, at ~1.8 us a segment).
+    copy_x(0);
     const int64_t row = tile * kTileRows + warp;
     int64_t begin = 0, end = 0;
     if (row < args.rows) row_range(args.row_indices, row, args.n_entries, begin, end);
@@ -134,22 +159,6 @@ __global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const Ti
       scalar_t* x_tile = reinterpret_cast<scalar_t*>(buffer + Shape::kMatrixBytes);
       const unsigned lo = static_cast<unsigned>(segment) * kSegmentCols;
       const unsigned hi = lo + kSegmentCols;
-
-      // x's columns [lo, hi), 8 at a time; zeros past the last column so
-      // that the tile's zero columns there multiply zeros, not stale data.
-      for (int c = threadIdx.x; c < args.batch * (kSegmentCols / 8); c += blockDim.x) {
-        const int b = c / (kSegmentCols / 8);
-        const int chunk = c % (kSegmentCols / 8);
-        const int first_col = static_cast<int>(lo) + chunk * 8;
-        scalar_t* dst = x_tile + b * kRowPitch + chunk * 8;
-        if (first_col < args.cols) {
-          copy16_async(dst, args.x + b * args.x_stride + first_col);
-        } else {
-          *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-        }
-      }
-      commit_async_copies();
-
       // This warp's row of the tile: cleared, then the row's entries of the
       // segment.
       scalar_t* tile_row = matrix_tile + warp * kRowPitch;
@@ -173,6 +182,9 @@ __global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const Ti
       }
       wait_async_copies<0>();
       __syncthreads();  // the tile is whole, and x's block has arrived
+      // The next segment's buffer was last read by the previous segment's
+      // products, which every warp finished before this barrier.
+      if (segment + 1 < segments) copy_x(segment + 1);
 
 #pragma unroll
       for (int s = 0; s < Shape::kKStepsPerWarp; ++s) {
@@ -182,9 +194,9 @@ __global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const Ti
         ldmatrix_x2(b, x_tile + (n_tile * 8 + lane % 8) * kRowPitch + k + ((lane / 8) % 2) * 8);
         multiply_impl::mma_16816<scalar_t>(acc, a, b[0], b[1]);
       }
-      // No barrier here: the next segment fills the other buffer, and its
-      // barrier comes after every warp's products from this one, before
-      // this buffer is filled again.
+      // No barrier here: the next segment fills the other buffer, and this
+      // one is filled again only after the next segment's barrier, which
+      // comes after every warp's products from this one.
     }
 
     // The k-slices' partial sums, added in shared memory (buffer 0, free
