@@ -99,7 +99,7 @@ step "sdist (setuptools' build_sdist, as python -m build --sdist --no-isolation 
 rm -f "$src/macko_spmv/_build_config.py"
 sdist=$(ls "$work"/sdist/*.tar.gz)
 tar -tzf "$sdist" | sed 's|^[^/]*/||' | sort > "$work/sdist.files"
-(git ls-files csrc tests macko_spmv benchmarks/*.py; echo setup.py; echo pyproject.toml; echo MANIFEST.in) \
+(git ls-files csrc tests macko_spmv docs/FORMAT.md; echo setup.py; echo pyproject.toml; echo MANIFEST.in) \
   | sort > "$work/sdist.wanted"
 missing=$(comm -13 "$work/sdist.files" "$work/sdist.wanted")
 [ -z "$missing" ] || fail "the sdist lacks: $missing"

@@ -8,10 +8,15 @@
 #
 # Stages: build, test (TESTS: pytest arguments, default the whole suite),
 # sanitize, demo, bench (BENCH_ARGS are passed to `python -m macko_spmv
-# bench`), batch (BATCH_ARGS: the batch and dtype sweep), compress
-# (benchmarks/compress.py, COMPRESS_ARGS), e2e (`python -m macko_spmv e2e`,
-# E2E_ARGS), profile (Nsight Compute over benchmarks/profile_multiply.py,
-# PROFILE_CASES). Measured data lands in $OUT/results.tgz.
+# bench`: default the full sweep, one vector, flushed and back-to-back
+# timings), batch (BATCH_ARGS: default the batch sweep 1-2048 on the Llama
+# shapes at d=0.5 and 0.1, fp16), compress (benchmarks/compress.py,
+# COMPRESS_ARGS), e2e (`python -m macko_spmv e2e`, E2E_ARGS: default dense,
+# d=0.5 and 0.1, prompts 128/512/2048, decode batches 1 and 8, with the
+# logits check and a profile), profile (Nsight Compute over
+# benchmarks/profile_multiply.py, PROFILE_CASES). ROUTE (default auto) is
+# passed to bench and batch as --route. Measured data lands in
+# $OUT/results.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -66,12 +71,15 @@ fi
 
 if has bench; then
   step bench
-  $PYTHON -m macko_spmv bench --out "$OUT/results/spmv" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v "it/s\|case/s" | tail -80 || status=1
+  $PYTHON -m macko_spmv bench --out "$OUT/results/spmv" --route "${ROUTE:-auto}" ${BENCH_ARGS:-} 2>&1 \
+    | tee "$OUT/bench.log" | grep -v "it/s\|case/s" | tail -80 || status=1
 fi
 
 if has batch; then
   step batch
-  $PYTHON -m macko_spmv bench --out "$OUT/results/batch" ${BATCH_ARGS:---shapes 8192x8192,28672x8192 --densities 0.5,0.1 --dtypes float16,bfloat16,float32 --batch 1,2,4,8,16,32} 2>&1 | tee "$OUT/batch.log" | grep -v "it/s\|case/s" | tail -80 || status=1
+  $PYTHON -m macko_spmv bench --out "$OUT/results/batch" --route "${ROUTE:-auto}" ${BATCH_ARGS:---shapes \
+    4096x4096,11008x4096,4096x11008,8192x8192,28672x8192 --densities 0.5,0.1 --dtypes float16 --repeats 50 \
+    --batch 1,2,4,8,16,32,64,128,512,2048} 2>&1 | tee "$OUT/batch.log" | grep -v "it/s\|case/s" | tail -80 || status=1
 fi
 
 if has compress; then
@@ -81,7 +89,8 @@ fi
 
 if has e2e; then
   step e2e
-  $PYTHON -m macko_spmv e2e --out "$OUT/results/e2e" --no-progress ${E2E_ARGS:---check --profile --runs 3 --new-tokens 128} 2>&1 | tee "$OUT/e2e.log" | tail -40 || status=1
+  $PYTHON -m macko_spmv e2e --out "$OUT/results/e2e" --no-progress ${E2E_ARGS:---check --profile} 2>&1 \
+    | tee "$OUT/e2e.log" | tail -40 || status=1
 fi
 
 if has profile; then
