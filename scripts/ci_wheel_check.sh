@@ -88,10 +88,7 @@ validate-pyproject pyproject.toml
 
 step "clean copy of the tree"
 src=$work/src
-mkdir -p "$src"
-git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' file; do
-  [ -e "$file" ] && printf '%s\0' "$file"
-done | xargs -0 cp --parents -t "$src"
+scripts/clean_copy.sh "$src"
 
 step "sdist (setuptools' build_sdist, as python -m build --sdist --no-isolation calls it)"
 (cd "$src" && "$PY" -c 'import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))' \

@@ -61,8 +61,8 @@ def environment(device):
 
 def run_facts(device):
     """meta.json's facts about the machine and the software (besides what
-    environment() gives): device, driver, macko-spmv version and build,
-    python, and when the run started."""
+    environment() gives): device, driver, macko-spmv version and build, the
+    CPU compress kernels in use, python, and when the run started."""
     import macko_spmv
 
     device = torch.device(device)
@@ -71,6 +71,7 @@ def run_facts(device):
         "driver": nvidia_driver_version() if device.type == "cuda" else None,
         "macko_spmv": macko_spmv.__version__,
         "macko_spmv_build": macko_spmv.ops.build_info(),
+        "cpu_kernels": torch.ops.macko_spmv._cpu_kernels(),
         "python": platform.python_version(),
         "started_utc": utc_now().isoformat(timespec="seconds"),
     }

@@ -187,9 +187,6 @@ class BackToBackResult:
     note: str = ""
 
 
-NOT_MEASURED = BackToBackResult(math.nan)
-
-
 class _CudaGraphRunner:
     """Captures the rounds once as a CUDA graph; a replay is one launch."""
 

@@ -9,7 +9,6 @@ tests at the end run them on a real device.
 
 import contextlib
 import math
-import statistics
 
 import pytest
 import torch
@@ -309,4 +308,3 @@ def test_flushed_and_graph_timers_on_a_gpu(gen):
     assert math.isfinite(dense.us_per_call) and dense.copies >= 2
     print(f"4096x4096 d=0.5: flushed {flushed:.1f} us, back to back {result.us_per_call:.1f} us "
           f"({result.copies} copies, {result.calls} calls), cuBLAS back to back {dense.us_per_call:.1f} us")
-    assert statistics.median([result.us_per_call]) > 0
