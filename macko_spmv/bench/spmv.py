@@ -243,7 +243,9 @@ def run_sweep(args, device, timers, env, peak_read, peak_copy, writer):
                 progress.write(f"torch.sparse_csr matmul unavailable for {dtype_name} on {device}: {failure}; "
                                "cusparse_us is NaN")  # fmt: skip
             for note in timed["graph_notes"]:
-                progress.write(f"{case_name}: back to back, {note}")
+                if note not in reported:  # each note once; the CSV has it for every case
+                    reported.add(note)
+                    progress.write(f"{case_name}: back to back, {note} (and so on for other cases)")
             row = case_row(env, rows, cols, density, dtype_name, batch, args.route, A, timed, peak_read, peak_copy,
                            l2_flush)  # fmt: skip
             writer.write(row)

@@ -204,9 +204,16 @@ class _CudaGraphRunner:
         torch.cuda.synchronize(self.device)
 
     def prepare(self, run_rounds, rounds):
+        stream = torch.cuda.current_stream(self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            run_rounds(rounds)
+        try:
+            with torch.cuda.graph(graph):
+                run_rounds(rounds)
+        except BaseException:
+            # torch.cuda.graph leaves its capture stream current when the
+            # capture fails to end: put the caller's stream back.
+            torch.cuda.set_stream(stream)
+            raise
         return graph.replay, graph
 
     def replay_times_us(self, replay, replays):

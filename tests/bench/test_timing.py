@@ -194,6 +194,9 @@ class FakeCuda:
     def current_stream(self, device=None):
         return self.Stream(device)
 
+    def set_stream(self, stream):
+        self.log.append("set_stream")
+
     def synchronize(self, device=None):
         self.log.append("synchronize")
 
@@ -211,8 +214,8 @@ class FakeCuda:
 def fake_cuda(monkeypatch):
     clock, log = FakeClock(), []
     fake = FakeCuda(clock, log)
-    for name in ("Event", "CUDAGraph", "Stream", "graph", "stream", "current_stream", "synchronize", "_sleep",
-                 "get_device_properties"):
+    for name in ("Event", "CUDAGraph", "Stream", "graph", "stream", "current_stream", "set_stream", "synchronize",
+                 "_sleep", "get_device_properties"):
         monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
     monkeypatch.setattr(timing.time, "perf_counter", clock.now)
     return fake
@@ -273,6 +276,7 @@ def test_graph_capture_failure_gives_nan_not_an_error(fake_cuda):
     assert math.isnan(result.us_per_call) and result.copies == 2
     assert "could not be captured" in result.note and "not permitted" in result.note
     assert "replay" not in fake_cuda.log
+    assert fake_cuda.log.index("capture end") < fake_cuda.log.index("set_stream")  # the caller's stream back
 
 
 def test_graph_timer_lets_eager_errors_through(fake_cuda):
