@@ -245,7 +245,8 @@ def run_sweep(args, device, timers, env, peak_read, peak_copy, writer):
             for note in timed["graph_notes"]:
                 if note not in reported:  # each note once; the CSV has it for every case
                     reported.add(note)
-                    progress.write(f"{case_name}: back to back, {note} (and so on for other cases)")
+                    progress.write(f"{case_name}: back to back, {note} (said once; the CSV's graph_note has it "
+                                   "for every case)")
             row = case_row(env, rows, cols, density, dtype_name, batch, args.route, A, timed, peak_read, peak_copy,
                            l2_flush)  # fmt: skip
             writer.write(row)
