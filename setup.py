@@ -18,6 +18,12 @@ Environment variables:
   MACKO_WHEEL_INDEX     base URL of the per-variant wheel indexes (<url>/cu126,
   MACKO_WHEEL_VARIANTS  ...) and the variants published there ("cpu cu126
                         ..."), recorded for the import-time error message.
+  MACKO_DEV_OPS         "1" builds the development-only ops (today
+                        _compress_reference, the compression benchmark's naive
+                        baseline), "0" leaves them out; unset: on for in-place
+                        and editable builds (`build_ext --inplace`,
+                        `pip install -e`, as development and CI use), off for
+                        wheels and plain installs.
 
 Every build pins the torch it was compiled against (torch==X.Y.*) and records
 what it was built with in macko_spmv/_build_config.py (generated, not in git),
@@ -175,6 +181,18 @@ def openmp_flags(torch):
     return ["-fopenmp"]
 
 
+def dev_ops_enabled():
+    """Whether to build the development-only ops (see MACKO_DEV_OPS above)."""
+    forced = os.environ.get("MACKO_DEV_OPS", "")
+    if forced not in ("", "0", "1"):
+        raise RuntimeError(f'MACKO_DEV_OPS must be "0", "1" or unset, got {forced!r}')
+    if forced:
+        return forced == "1"
+    # setuptools runs this file with the command in sys.argv: editable_wheel
+    # for `pip install -e`, build_ext --inplace (-i) or develop by hand.
+    return any(arg in ("editable_wheel", "develop", "--inplace", "-i") for arg in sys.argv[1:])
+
+
 def extensions(torch):
     cuda_home = find_cuda_home()
     if cuda_home:
@@ -187,6 +205,12 @@ def extensions(torch):
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx_flags = ["-O3", f'-DMACKO_TORCH_VERSION="{torch.__version__}"']
     cxx_flags += openmp_flags(torch)
+    dev_only = [os.path.join("csrc", "cpu", "reference_compress.cpp")]
+    if dev_ops_enabled():
+        log("building the development-only ops (_compress_reference): MACKO_DEV_OPS or an in-place build")
+        cxx_flags.append("-DMACKO_DEV_OPS")
+    else:
+        sources = [source for source in sources if source not in dev_only]
     if with_cuda:
         archs, arch_reason = choose_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST"),
                                               visible_gpu_capabilities(torch))

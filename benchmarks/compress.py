@@ -3,17 +3,20 @@
 CPU: torch.ops.macko_spmv.compress on a random pruned 8192x8192 fp16 matrix
 (densities 0.5 and 0.1 by default) at 1 and 2 threads (torch.set_num_threads),
 for each kernel variant this CPU runs (baseline, AVX2, AVX-512: the
-MACKO_CPU_KERNELS cap), against the naive encoder
-(torch.ops.macko_spmv._compress_reference: a plain single-threaded loop over
-the elements that appends each entry to std::vectors, as the original tool
-encodes). Every variant's output is checked byte for byte against the naive
-encoder's before it is timed. Times are wall-clock medians (time.perf_counter
-around the op, after one warm-up call) and include allocating the outputs.
+MACKO_CPU_KERNELS cap, as torch.ops.macko_spmv._cpu_kernels reports it),
+against the naive encoder (torch.ops.macko_spmv._compress_reference: a plain
+single-threaded loop over the elements that appends each entry to
+std::vectors, as the original tool encodes; development builds only, see
+setup.py's MACKO_DEV_OPS). Every variant's output is checked byte for byte
+against the naive encoder's before it is timed. Times are wall-clock medians
+(macko_spmv.bench.timing.CpuTimer, after one warm-up call) and include
+allocating the outputs.
 A copy-bandwidth probe at each thread count (read + write bytes of a 256 MiB
 tensor copy) shows how far memory bandwidth scales with threads.
 
 GPU (when a CUDA device is visible and the extension has GPU kernels):
-compress of the same matrices on the GPU, timed with CUDA events (median
+compress of the same matrices on the GPU, timed with CUDA events, L2
+flushed before each run (macko_spmv.bench.timing.FlushedCudaTimer; median
 after warm-up; the op synchronises once to size its outputs), and compressing
 every linear layer of a Llama-2-7B-sized model (32 layers x {4096x4096 x 4,
 11008x4096 x 2, 4096x11008}, random fp16 weights pruned to 50%) through the
@@ -45,6 +48,9 @@ except ImportError:
     # Run from a checkout with the extension built in place (not installed).
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import macko_spmv
+from macko_spmv.bench.matrices import random_pruned, seeded_generator
+from macko_spmv.bench.records import cpu_name
+from macko_spmv.bench.timing import CpuTimer, FlushedCudaTimer, wall_clock
 
 CSV_COLUMNS = [
     "section", "device", "impl", "kernels", "threads", "shape", "dtype", "density",
@@ -54,34 +60,25 @@ CSV_COLUMNS = [
 
 LLAMA_7B_LAYER = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
 
-KERNEL_FLAGS = {
-    # MACKO_CPU_KERNELS cap -> the /proc/cpuinfo flags the variant needs
-    "baseline": [],
-    "avx2": ["avx2", "bmi1", "popcnt", "abm"],
-    "avx512": ["avx2", "bmi1", "popcnt", "abm", "avx512f", "avx512bw", "avx512vl", "avx512_vbmi2"],
-}
+KERNEL_VARIANTS = ("baseline", "avx2", "avx512")
 
 
-def cpu_info():
-    """(model name, set of flags) from /proc/cpuinfo, where there is one."""
-    name, flags = platform.processor() or platform.machine(), set()
+def available_kernels():
+    """The CPU kernel variants this machine runs: those that the library,
+    capped at each in turn (MACKO_CPU_KERNELS), says it runs."""
+    saved = os.environ.get("MACKO_CPU_KERNELS")
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return name, flags
-
-
-def available_kernels(flags):
-    """The CPU kernel variants this machine runs (all of them x86-64 only)."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return ["baseline"]
-    return [k for k, needed in KERNEL_FLAGS.items() if all(f in flags for f in needed)]
+        runs = []
+        for variant in KERNEL_VARIANTS:
+            os.environ["MACKO_CPU_KERNELS"] = variant
+            if torch.ops.macko_spmv._cpu_kernels() == variant:
+                runs.append(variant)
+        return runs
+    finally:
+        if saved is None:
+            os.environ.pop("MACKO_CPU_KERNELS", None)
+        else:
+            os.environ["MACKO_CPU_KERNELS"] = saved
 
 
 def memory_gib():
@@ -99,39 +96,16 @@ def transparent_huge_pages():
         return None
 
 
-def random_pruned(rows, cols, density, dtype, device, seed):
-    """Normal values (never zero) kept with probability `density`."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    values = torch.randn(rows, cols, generator=gen, device=device, dtype=torch.float32)
-    values[values == 0] = 1.0
-    keep = torch.rand(rows, cols, generator=gen, device=device) < density
-    return (values * keep).to(dtype)
+def random_matrix(rows, cols, density, dtype, device, seed):
+    return random_pruned(rows, cols, density, dtype, seeded_generator(seed, device))
 
 
 def wall_times_ms(op, runs, warmup=1):
-    for _ in range(warmup):
-        op()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        op()
-        times.append(1e3 * (time.perf_counter() - start))
-    return times
+    return [us / 1e3 for us in CpuTimer(runs, warmup).times_us(op)]
 
 
 def cuda_times_ms(op, runs, warmup=3):
-    for _ in range(warmup):
-        op()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        op()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
+    return [us / 1e3 for us in FlushedCudaTimer(torch.cuda.current_device(), runs, warmup).times_us(op)]
 
 
 def same_bytes(a, b):
@@ -177,7 +151,7 @@ def cpu_section(args, kernels, writer, results):
         del src, dst
 
         for density in args.densities:
-            M = random_pruned(rows, cols, density, dtype, "cpu", args.seed)
+            M = random_matrix(rows, cols, density, dtype, "cpu", args.seed)
             dense_bytes = M.numel() * M.element_size()
             torch.set_num_threads(1)
             expected = torch.ops.macko_spmv._compress_reference(M)
@@ -221,7 +195,7 @@ def gpu_section(args, writer, results):
     rows, cols = args.shape
     shape = f"{rows}x{cols}"
     for density in args.densities:
-        M = random_pruned(rows, cols, density, torch.float16, device, args.seed)
+        M = random_matrix(rows, cols, density, torch.float16, device, args.seed)
         A = torch.ops.macko_spmv.compress(M)
         if not same_bytes(A, torch.ops.macko_spmv.compress(M.cpu())):
             raise SystemExit("GPU compress differs from CPU compress")
@@ -238,22 +212,15 @@ def gpu_section(args, writer, results):
     # A Llama-2-7B-sized model, compressed layer by layer through the Python API.
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    gen = seeded_generator(args.seed, device)
     compressed, compress_s = [], 0.0
     wall_start = time.perf_counter()
     for _ in range(args.llama_layers):
-        weights = []
-        for r, c in LLAMA_7B_LAYER:
-            W = torch.randn(r, c, generator=gen, device=device, dtype=torch.float16)
-            W.masked_fill_(torch.rand(r, c, generator=gen, device=device) < 0.5, 0)
-            weights.append(W)
-        torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for W in weights:
-            compressed.append(macko_spmv.compress(W))
-        torch.cuda.synchronize(device)
-        compress_s += time.perf_counter() - start
-        del weights, W
+        weights = [random_pruned(r, c, 0.5, torch.float16, gen) for r, c in LLAMA_7B_LAYER]
+        compressed_layer, seconds = wall_clock(device, lambda: [macko_spmv.compress(W) for W in weights])
+        compressed += compressed_layer
+        compress_s += seconds
+        del weights
     wall_s = time.perf_counter() - wall_start
     elements = args.llama_layers * sum(r * c for r, c in LLAMA_7B_LAYER)
     stored_bytes = sum(A.nbytes for A in compressed)
@@ -306,10 +273,11 @@ def parse_args(argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    model, flags = cpu_info()
-    kernels = available_kernels(flags)
-    if args.kernels != "all":
-        kernels = [k for k in args.kernels.split(",") if k in kernels]
+    if not args.no_cpu and not hasattr(torch.ops.macko_spmv, "_compress_reference"):
+        raise SystemExit("the CPU section compares against torch.ops.macko_spmv._compress_reference, which only "
+                         "development builds have: build with MACKO_DEV_OPS=1 (or in place), or pass --no-cpu")
+    supported = available_kernels()
+    kernels = supported if args.kernels == "all" else [k for k in args.kernels.split(",") if k in supported]
     build = macko_spmv.ops.build_info()
     gpu = (not args.no_gpu and torch.cuda.is_available() and build["cuda"] is not None)
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
@@ -320,11 +288,11 @@ def main(argv=None):
         "command": shlex.join(["python", "benchmarks/compress.py", *argv]),
         "date": date,
         "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": model,
+        "cpu": cpu_name(),
         "cpu_cores": os.cpu_count(),
         "memory_gib": memory_gib(),
         "transparent_huge_pages": transparent_huge_pages(),
-        "cpu_kernels_available": available_kernels(flags),
+        "cpu_kernels_available": supported,
         "gpu": torch.cuda.get_device_name() if gpu else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "none",

@@ -3,7 +3,8 @@
     ncu --clock-control none --section SpeedOfLight --section WarpStateStats \
         -k regex:multiply_kernel python benchmarks/profile_multiply.py 8192x8192:0.5 8192x8192:0.1
 
-Each argument is ROWSxCOLS:DENSITY[:BATCH]; fp16 unless --dtype says otherwise.
+Each argument is ROWSxCOLS:DENSITY[:BATCH]; fp16 unless --dtype says otherwise;
+``--route NAME`` runs the calls with MACKO_MULTIPLY_ROUTE=NAME, as the benchmark does.
 """
 
 import argparse
@@ -11,23 +12,25 @@ import argparse
 import torch
 
 import macko_spmv
+from macko_spmv.bench.matrices import random_pruned, random_vectors, seeded_generator
+from macko_spmv.bench.spmv import KNOWN_ROUTES, multiply_route
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cases", nargs="+")
     parser.add_argument("--dtype", default="float16")
+    parser.add_argument("--route", default="auto", help=f"multiply route: {', '.join(KNOWN_ROUTES)} (default auto)")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    gen = seeded_generator(0, "cuda")
     for case in args.cases:
         shape, density, *batch = case.split(":")
         rows, cols = (int(v) for v in shape.split("x"))
-        dense = torch.randn(rows, cols, generator=gen, device="cuda")
-        dense *= torch.rand(rows, cols, generator=gen, device="cuda") < float(density)
-        A = macko_spmv.compress(dense.to(dtype))
-        x = torch.randn(*([int(batch[0])] if batch else []), cols, generator=gen, device="cuda").to(dtype)
-        macko_spmv.multiply(A, x)
+        A = macko_spmv.compress(random_pruned(rows, cols, float(density), dtype, gen))
+        x = random_vectors(int(batch[0]) if batch else None, cols, dtype, gen)
+        with multiply_route(args.route):
+            macko_spmv.multiply(A, x)
         torch.cuda.synchronize()
         print(f"{case}: {A}")
 

@@ -1,16 +1,8 @@
 // macko.h: the MACKO format's constants, the argument checks every op shares,
 // and the dtype/index dispatch. One source of truth for each: the CPU
 // (csrc/cpu) and CUDA (csrc/cuda) implementations include this header and
-// nothing else of each other.
-//
-// The format (see FORMAT.md in the project's docs): a row-major stream of
-// stored entries with 4-bit column gaps. Entry k's value is values[k], its
-// gap ("delta") is the low nibble of deltas[k / 2] for even k and the high
-// nibble for odd k; row r owns entries [row_indices[r], row_indices[r+1]).
-// A gap of 15 zeros forces a stored zero ("padding"), so every gap fits in a
-// nibble. The stream is padded with zero entries to a multiple of
-// kGroupEntries, the unit that kernels load (16 bytes of fp16 values and
-// 4 bytes of deltas at the same ordinal).
+// nothing else of each other. The format itself is specified in
+// docs/FORMAT.md; the constants below are its numbers.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,8 +16,11 @@ namespace macko {
 
 // Entries per aligned load group; the stream length is a multiple of it.
 constexpr int64_t kGroupEntries = 8;
-// Largest gap a nibble holds; a run of this many zeros forces a padding entry.
-constexpr int kMaxDelta = 15;
+// Bits of one delta: two deltas share a byte, the even entry's in the low half.
+constexpr int kDeltaBits = 4;
+// Largest gap a delta holds; a run of this many zeros forces a padding entry.
+constexpr int kMaxDelta = (1 << kDeltaBits) - 1;
+static_assert(2 * kDeltaBits == 8, "two deltas fill one byte of the deltas array");
 // Row pointers switch to int64 when the stream has more entries than this.
 constexpr int64_t kMaxInt32Entries = 2147483647;
 
@@ -43,7 +38,7 @@ inline int64_t padded_entries(int64_t n) {
 
 // Entry k's gap: low nibble of byte k / 2 for even k, high nibble for odd k.
 C10_HOST_DEVICE inline int delta_at(const uint8_t* deltas, int64_t k) {
-  return (deltas[k >> 1] >> ((k & 1) * 4)) & 0xF;
+  return (deltas[k >> 1] >> ((k & 1) * kDeltaBits)) & kMaxDelta;
 }
 
 // Row r's entries [begin, end), clamped to the stream [0, n_entries) so that

@@ -21,6 +21,9 @@ PyObject* PyInit__C(void) {
 
 namespace macko {
 
+// csrc/cpu/compress.cpp: the CPU compress kernels that run now.
+std::string cpu_kernels_in_use();
+
 namespace {
 
 // A JSON string literal: the build facts come from setup.py's command line,
@@ -82,9 +85,15 @@ TORCH_LIBRARY(macko_spmv, m) {
       "validate(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
       "int cols) -> ()");
   m.def("build_info() -> str", &build_info);
-  // Benchmark baseline only (csrc/cpu/reference_compress.cpp): the encoder
-  // as a plain single-threaded loop. CPU only; not part of the API.
+  // For tests and benchmarks, not the API: which CPU compress kernels run
+  // (baseline, avx2 or avx512, after the MACKO_CPU_KERNELS cap).
+  m.def("_cpu_kernels() -> str", &cpu_kernels_in_use);
+#ifdef MACKO_DEV_OPS
+  // Development builds only (setup.py, MACKO_DEV_OPS): the benchmark's
+  // baseline encoder as a plain single-threaded loop
+  // (csrc/cpu/reference_compress.cpp). CPU only; not part of the API.
   m.def("_compress_reference(Tensor dense) -> (Tensor values, Tensor deltas, Tensor row_indices)");
+#endif
 }
 
 }  // namespace macko

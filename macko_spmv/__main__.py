@@ -1,15 +1,15 @@
-"""Command line: python -m macko_spmv {demo,bench,info} [options]."""
+"""Command line: python -m macko_spmv {demo,bench,e2e,info} [options]."""
 
 import sys
 
 
 def _demo(argv):
-    from .demo import main
+    from .bench.demo import main
     return main(argv)
 
 
 def _bench(argv):
-    from .bench import main
+    from .bench.spmv import main
     return main(argv)
 
 
@@ -19,14 +19,14 @@ def _info(argv):
 
 
 def _e2e(argv):
-    from .e2e import main
+    from .bench.e2e import main
     return main(argv)
 
 
 COMMANDS = {
     "demo": (_demo, "compress a random pruned matrix, check and time the product"),
-    "bench": (_bench, "the SpMV benchmark sweep (CSV, plots) against cuBLAS and cuSPARSE"),
-    "e2e": (_e2e, "end-to-end decoding of a pruned Llama-2-7B-shaped model: tokens/s, memory, CSV, plots"),
+    "bench": (_bench, "the SpMV benchmark sweep (CSV, plots) against cuBLAS and cuSPARSE, flushed and back to back"),
+    "e2e": (_e2e, "end-to-end generation of a pruned Llama-2-7B-shaped model: prefill, tokens/s, memory, CSV, plots"),
     "info": (_info, "versions this build was made for, and whether this GPU is covered"),
 }
 

@@ -16,15 +16,10 @@ class MackoMatrix(tuple):
     original MACKO tool returns (indexing, ``len`` and unpacking work as on
     that tuple), with properties for what users need.
 
-    Arrays (see the format specification in the project's FORMAT.md):
-      values:      1-D, float16 / bfloat16 / float32, length ``n_padded`` (a
-                   multiple of 8): the stored entries of all rows, row after
-                   row, padded with zeros.
-      deltas:      1-D uint8, length ``n_padded / 2``: entry k's column gap
-                   in the low (even k) or high (odd k) nibble of byte k // 2.
-      row_indices: 1-D int32 (int64 past 2**31 - 1 entries), length
-                   ``rows + 1``: row r owns entries
-                   ``[row_indices[r], row_indices[r + 1])``.
+    Arrays (docs/FORMAT.md specifies them and how rows are encoded):
+      values:      1-D, float16 / bfloat16 / float32, [n_padded].
+      deltas:      1-D uint8, [n_padded / 2].
+      row_indices: 1-D int32 or int64, [rows + 1].
       rows, cols:  the dense shape.
 
     Building one from arrays checks them all (:func:`validate`) and raises

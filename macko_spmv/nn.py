@@ -23,10 +23,72 @@ from torch import nn
 from . import ops
 from .matrix import VALUE_DTYPES, MackoMatrix, compress, decompress
 
-__all__ = ["MackoLinear", "sparsify", "densify", "SparsifyReport", "ConvertedLayer", "SkippedLayer"]
+__all__ = ["MackoLinear", "DenseWeightInfo", "sparsify", "densify", "SparsifyReport", "ConvertedLayer",
+           "SkippedLayer"]
 
 # The compressed arrays, in the order of the raw ops' arguments.
 _ARRAY_NAMES = ("values", "deltas", "row_indices")
+
+# What a DenseWeightInfo may do without data: views of itself (``.data``,
+# ``.detach()``), which give another DenseWeightInfo.
+_DATALESS_OPS = (torch.ops.aten.detach.default, torch.ops.aten.alias.default)
+
+
+class DenseWeightInfo(torch.Tensor):
+    """What ``MackoLinear.weight`` returns: a tensor that has the dense
+    weight's shape [out_features, in_features], dtype and device, and no
+    data. It costs nothing to make, so code that inspects ``.weight`` (as
+    transformers does: ``.weight.dtype``, ``.weight.device``,
+    ``.weight.shape``) stays cheap; any computation with it (``x @ w.T``,
+    ``w.float()``, ``w.sum()``, ``torch.equal``) raises TypeError naming
+    ``MackoLinear.dense_weight()``, which decompresses the matrix.
+    """
+
+    @staticmethod
+    def __new__(cls, shape, dtype, device):
+        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device, requires_grad=False)
+
+    # Calls reach __torch_dispatch__ as the aten ops they run, and metadata
+    # (shape, dtype, device, dim, numel) is answered without a call.
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        if func in _DATALESS_OPS:
+            return cls(args[0].shape, args[0].dtype, args[0].device)
+        raise _no_values(func.__name__)
+
+    def __repr__(self):
+        return (f"DenseWeightInfo(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}; no data: "
+                "MackoLinear.dense_weight() decompresses the weight)")
+
+
+def _no_values(what):
+    return TypeError(
+        f"MackoLinear.weight has only the dense weight's shape, dtype and device, no values, so it cannot be "
+        f"used in {what}: call the layer's dense_weight() for the dense matrix (it decompresses the whole "
+        f"weight), or use the layer itself (y = layer(x))"
+    )
+
+
+def _refuse(name):
+    def refuse(self, *args, **kwargs):
+        raise _no_values(name)
+
+    refuse.__name__ = name
+    return refuse
+
+
+# torch.Tensor's operators turn a TypeError from the op into NotImplemented
+# (so that Python tries the other operand), which would hide the message
+# above behind "unsupported operand type(s)": they raise it themselves.
+for _name in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "lshift",
+              "rshift"):
+    for _dunder in (f"__{_name}__", f"__r{_name}__", f"__i{_name}__"):
+        setattr(DenseWeightInfo, _dunder, _refuse(_dunder))
+for _dunder in ("__neg__", "__pos__", "__abs__", "__invert__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__",
+                "__float__", "__int__", "__index__", "__array__"):
+    setattr(DenseWeightInfo, _dunder, _refuse(_dunder))
 
 
 class MackoLinear(nn.Module):
@@ -49,7 +111,10 @@ class MackoLinear(nn.Module):
                    checkpoint says which dense shape its arrays encode.
 
     The forward pass takes x [..., in_features] in W's dtype and on W's
-    device and returns [..., out_features]. Module conversions behave as for
+    device and returns [..., out_features]. ``dense_weight()`` decompresses
+    W; ``weight`` is a DenseWeightInfo that answers ``.shape``, ``.dtype``
+    and ``.device`` as nn.Linear's weight does, without decompressing, and
+    refuses to compute. Module conversions behave as for
     nn.Linear: ``.half()``, ``.bfloat16()``, ``.float()`` and ``.to(dtype)``
     convert ``values`` and ``bias`` (the integer arrays stay as they are);
     a cast to any other floating dtype (``.double()``) raises TypeError.
@@ -147,11 +212,19 @@ class MackoLinear(nn.Module):
             self.values, self.deltas, self.row_indices, self.out_features, self.in_features, validate=False
         )
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The dense weight [out_features, in_features], decompressed anew on
-        every access (for inspection: it costs a dense matrix)."""
+    def dense_weight(self) -> torch.Tensor:
+        """The dense weight [out_features, in_features] in the layer's dtype
+        and on its device, decompressed anew on every call (it costs a dense
+        matrix: for inspection and conversion back, not for the forward)."""
         return decompress(self.matrix)
+
+    @property
+    def weight(self) -> DenseWeightInfo:
+        """The dense weight's shape [out_features, in_features], dtype and
+        device, as nn.Linear's ``weight`` answers them, without its values
+        (a DenseWeightInfo; computing with it raises TypeError). The values:
+        ``dense_weight()``."""
+        return DenseWeightInfo((self.out_features, self.in_features), self.values.dtype, self.values.device)
 
     @property
     def nbytes(self) -> int:
@@ -176,7 +249,7 @@ class MackoLinear(nn.Module):
         )
         # Built on the meta device so that no throw-away initialisation runs;
         # the real tensors are put in place here.
-        linear.weight = nn.Parameter(self.weight)
+        linear.weight = nn.Parameter(self.dense_weight())
         if self.bias is not None:
             linear.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=self.bias.requires_grad)
         return linear

@@ -88,10 +88,7 @@ validate-pyproject pyproject.toml
 
 step "clean copy of the tree"
 src=$work/src
-mkdir -p "$src"
-git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' file; do
-  [ -e "$file" ] && printf '%s\0' "$file"
-done | xargs -0 cp --parents -t "$src"
+scripts/clean_copy.sh "$src"
 
 step "sdist (setuptools' build_sdist, as python -m build --sdist --no-isolation calls it)"
 (cd "$src" && "$PY" -c 'import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))' \
@@ -99,8 +96,8 @@ step "sdist (setuptools' build_sdist, as python -m build --sdist --no-isolation 
 rm -f "$src/macko_spmv/_build_config.py"
 sdist=$(ls "$work"/sdist/*.tar.gz)
 tar -tzf "$sdist" | sed 's|^[^/]*/||' | sort > "$work/sdist.files"
-(git ls-files csrc tests macko_spmv benchmarks/*.py benchmarks/*.json; printf '%s\n' benchmarks/requirements.txt LICENSE \
-  setup.py pyproject.toml MANIFEST.in) \
+(git ls-files csrc tests macko_spmv docs/FORMAT.md benchmarks/*.py benchmarks/*.json; printf '%s\n' \
+  benchmarks/requirements.txt LICENSE setup.py pyproject.toml MANIFEST.in) \
   | sort > "$work/sdist.wanted"
 missing=$(comm -13 "$work/sdist.files" "$work/sdist.wanted")
 [ -z "$missing" ] || fail "the sdist lacks: $missing"

@@ -8,15 +8,20 @@
 #
 # Stages: build, test (TESTS: pytest arguments, default the whole suite),
 # sanitize (SANITIZE_TOOLS, default "memcheck racecheck initcheck"), demo,
-# bench (BENCH_ARGS are passed to `python -m macko_spmv bench`), batch
-# (BATCH_ARGS: the batch and dtype sweep), routes (the batch sweep once per
-# multiply route, ROUTES default "stream dense", ROUTE_ARGS), decompress
+# bench (BENCH_ARGS are passed to `python -m macko_spmv bench`: default the
+# full sweep, one vector, flushed and back-to-back timings), batch
+# (BATCH_ARGS: default the batch sweep 1-2048 on the Llama shapes at d=0.5
+# and 0.1, fp16), routes (the batch sweep once per multiply route, ROUTES
+# default "stream dense", ROUTE_ARGS), decompress
 # (benchmarks/experiments/decompress_bandwidth.py, DECOMPRESS_ARGS),
 # compress (benchmarks/compress.py, COMPRESS_ARGS), e2e (`python -m
-# macko_spmv e2e`, E2E_ARGS), profile (Nsight Compute over
-# benchmarks/profile_multiply.py, PROFILE_CASES). Stages run in that order.
-# Measured data lands in $OUT/results.tgz, refreshed after every stage so
-# that a run cut short keeps what it measured.
+# macko_spmv e2e`, E2E_ARGS: default dense, d=0.5 and 0.1, prompts
+# 128/512/2048, decode batches 1 and 8, with the logits check and a
+# profile), profile (Nsight Compute over benchmarks/profile_multiply.py,
+# PROFILE_CASES). ROUTE (default auto) is passed to bench and batch as
+# --route. Stages run in that order. Measured data lands in
+# $OUT/results.tgz, refreshed after every stage so that a run cut short
+# keeps what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -74,18 +79,21 @@ fi
 
 if has bench; then
   step bench
-  $PYTHON -m macko_spmv bench --out "$OUT/results/spmv" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v "it/s\|case/s" | tail -80 || status=1
+  $PYTHON -m macko_spmv bench --out "$OUT/results/spmv" --route "${ROUTE:-auto}" ${BENCH_ARGS:-} 2>&1 \
+    | tee "$OUT/bench.log" | grep -v "it/s\|case/s" | tail -80 || status=1
 fi
 
 if has batch; then
   step batch
-  $PYTHON -m macko_spmv bench --out "$OUT/results/batch" ${BATCH_ARGS:---shapes 8192x8192,28672x8192 --densities 0.5,0.1 --dtypes float16,bfloat16,float32 --batch 1,2,4,8,16,32} 2>&1 | tee "$OUT/batch.log" | grep -v "it/s\|case/s" | tail -80 || status=1
+  $PYTHON -m macko_spmv bench --out "$OUT/results/batch" --route "${ROUTE:-auto}" ${BATCH_ARGS:---shapes \
+    4096x4096,11008x4096,4096x11008,8192x8192,28672x8192 --densities 0.5,0.1 --dtypes float16 --repeats 50 \
+    --batch 1,2,4,8,16,32,64,128,512,2048} 2>&1 | tee "$OUT/batch.log" | grep -v "it/s\|case/s" | tail -80 || status=1
 fi
 
 if has routes; then
   step routes
   for route in ${ROUTES:-stream dense}; do
-    MACKO_MULTIPLY_ROUTE=$route $PYTHON -m macko_spmv bench --out "$OUT/results/route-$route" --no-plot \
+    $PYTHON -m macko_spmv bench --route "$route" --out "$OUT/results/route-$route" --no-plot \
       ${ROUTE_ARGS:---shapes 4096x4096,8192x8192 --densities 0.5,0.1 --batch 1,2,4,8,16,32,64,128,512,2048 --repeats 50} \
       2>&1 | tee "$OUT/routes-$route.log" | grep -v "it/s\|case/s" | tail -45 || status=1
   done
@@ -104,7 +112,8 @@ fi
 
 if has e2e; then
   step e2e
-  $PYTHON -m macko_spmv e2e --out "$OUT/results/e2e" --no-progress ${E2E_ARGS:---check --profile --runs 3 --new-tokens 128} 2>&1 | tee "$OUT/e2e.log" | tail -40 || status=1
+  $PYTHON -m macko_spmv e2e --out "$OUT/results/e2e" --no-progress ${E2E_ARGS:---check --profile} 2>&1 \
+    | tee "$OUT/e2e.log" | tail -40 || status=1
 fi
 
 if has profile; then

@@ -13,6 +13,7 @@ import os
 import torch
 
 import macko_spmv
+from macko_spmv.bench.matrices import random_pruned
 
 gen = torch.Generator().manual_seed(0)
 ops = torch.ops.macko_spmv
@@ -28,8 +29,7 @@ def each_route():
 
 
 def pruned(rows, cols, density, dtype):
-    m = torch.randn(rows, cols, generator=gen) * (torch.rand(rows, cols, generator=gen) < density)
-    return m.to(dtype).cuda()
+    return random_pruned(rows, cols, density, dtype, gen).cuda()
 
 
 for dtype in (torch.float16, torch.bfloat16, torch.float32):

@@ -24,7 +24,7 @@ py=$work/venv/bin/python
 "$py" -m pip list 2>/dev/null | grep -i -E "^(torch|macko-spmv|nvidia-cuda-runtime) "
 
 mkdir -p "$work/run"
-cp -r "$repo/tests" "$repo/benchmarks" "$repo/pyproject.toml" "$work/run/"
+cp -r "$repo/tests" "$repo/pyproject.toml" "$work/run/"
 cd "$work/run"
 "$py" - <<'EOF'
 import importlib.metadata

@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+# The project's one generator of random pruned matrices (and the float64
+# check of a product), shared with the benchmarks.
+from macko_spmv.bench.matrices import check_product, random_pruned, reference_product
+
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 HAS_CUDA = torch.cuda.is_available()
@@ -26,14 +30,6 @@ def gen(request):
     """A generator seeded from the test's name: fresh inputs per test, reproducible."""
     seed = sum(ord(ch) * (i + 1) for i, ch in enumerate(request.node.nodeid)) % (2**31)
     return torch.Generator().manual_seed(seed)
-
-
-def random_pruned(rows, cols, density, dtype, gen):
-    """Random normal values (never zero) kept with probability `density`."""
-    values = torch.randn(rows, cols, generator=gen)
-    values = torch.where(values == 0, torch.ones_like(values), values)
-    keep = torch.rand(rows, cols, generator=gen) < density
-    return (values * keep).to(dtype)
 
 
 def adversarial_matrices(dtype, gen):
@@ -86,25 +82,8 @@ def poison_allocator(device, nbytes):
     del block
 
 
-def reference_product(M, x):
-    """float64 M @ x for x [cols] or [batch, cols]."""
-    M64 = M.double().cpu()
-    x64 = x.double().cpu()
-    return (x64 @ M64.T) if x.dim() == 2 else (M64 @ x64)
-
-
 def assert_product_close(y, M, x):
-    """y vs float64 M x: output rounding plus fp32-sum error, elementwise."""
-    ref = reference_product(M, x)
-    scale = (x.double().cpu().abs() @ M.double().cpu().abs().T) if x.dim() == 2 else (
-        M.double().cpu().abs() @ x.double().cpu().abs())
-    out_eps = {torch.float16: 2**-10, torch.bfloat16: 2**-7, torch.float32: 2**-23}[y.dtype]
-    # Rounding to the output dtype: relative for normal results, and at most
-    # the subnormal spacing (eps * tiny) for results below the normal range.
-    bound = out_eps * ref.abs() + out_eps * torch.finfo(y.dtype).tiny + 1e-5 * scale + 1e-30
-    y64 = y.double().cpu()
-    assert y64.shape == ref.shape
-    assert torch.isfinite(y64).all(), "output has NaN/Inf (unwritten or wrong)"
-    err = (y64 - ref).abs()
-    worst = int(torch.argmax(err - bound)) if err.numel() else 0
-    assert (err <= bound).all(), f"max excess at flat index {worst}: got {y64.flatten()[worst]}, want {ref.flatten()[worst]}"
+    """y vs float64 M x (x [cols] or [batch, cols]), elementwise: the output
+    rounding plus the float32 sums' error (macko_spmv.bench.matrices)."""
+    y_ref, magnitude = reference_product(M.cpu(), x.cpu())
+    check_product(y.cpu(), y_ref, magnitude, y.dtype, "multiply")

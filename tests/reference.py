@@ -1,4 +1,4 @@
-"""An independent reference for the MACKO format, written from FORMAT.md.
+"""An independent reference for the MACKO format, written from docs/FORMAT.md.
 
 Plain Python loops over the dense matrix, no shared code with the library:
 slow, obvious, and only for tests on small matrices.

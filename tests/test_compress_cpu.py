@@ -2,9 +2,11 @@
 
 compress splits the rows into parallel tasks whose number depends on the
 thread count, and two tasks can share a byte of deltas; the output must not
-depend on either. It also has kernel variants (baseline, AVX2, AVX-512: the best the CPU
-runs); all must agree with each other and with the naive single-threaded
-encoder that the benchmark compares against.
+depend on either. It also has kernel variants (baseline, AVX2, AVX-512: the
+best the CPU runs; torch.ops.macko_spmv._cpu_kernels() says which runs);
+every variant this CPU runs must agree with the baseline, and all with the
+naive single-threaded encoder that the benchmark compares against (built in
+development builds only: its tests skip without it).
 """
 
 import sys
@@ -17,7 +19,20 @@ from conftest import DTYPES, adversarial_matrices, random_pruned
 from reference import bits, encode
 
 compress = torch.ops.macko_spmv.compress
-naive_compress = torch.ops.macko_spmv._compress_reference
+HAS_NAIVE = hasattr(torch.ops.macko_spmv, "_compress_reference")
+requires_naive = pytest.mark.skipif(
+    not HAS_NAIVE, reason="_compress_reference is built only in development builds (MACKO_DEV_OPS=1)")
+KERNEL_VARIANTS = ["baseline", "avx2", "avx512"]
+
+
+def naive_compress(M):
+    return torch.ops.macko_spmv._compress_reference(M)
+
+
+def kernels_under(monkeypatch, cap):
+    """Caps the CPU kernels at `cap` and returns the name of those that run."""
+    monkeypatch.setenv("MACKO_CPU_KERNELS", cap)
+    return torch.ops.macko_spmv._cpu_kernels()
 
 
 @pytest.fixture
@@ -76,29 +91,48 @@ def test_thread_count_gives_identical_bytes(dtype, gen, restore_threads):
     for name, M in matrices.items():
         torch.set_num_threads(1)
         one = compress(M)
-        assert_same_arrays(one, naive_compress(M), f"{name}, 1 thread vs naive")
+        if HAS_NAIVE:
+            assert_same_arrays(one, naive_compress(M), f"{name}, 1 thread vs naive")
         for threads in (2, 3):
             torch.set_num_threads(threads)
             assert_same_arrays(compress(M), one, f"{name}, {threads} threads vs 1")
 
 
+def test_kernel_caps_choose_what_runs(monkeypatch):
+    """Unset, the best variant this CPU runs; a cap never raises the choice
+    above it; the baseline always runs; an unknown name is refused."""
+    monkeypatch.delenv("MACKO_CPU_KERNELS", raising=False)
+    best = torch.ops.macko_spmv._cpu_kernels()
+    assert best in KERNEL_VARIANTS
+    print(f"CPU compress kernels this machine runs: {best}")
+    for cap in KERNEL_VARIANTS:
+        expected = KERNEL_VARIANTS[min(KERNEL_VARIANTS.index(cap), KERNEL_VARIANTS.index(best))]
+        assert kernels_under(monkeypatch, cap) == expected, cap
+    monkeypatch.setenv("MACKO_CPU_KERNELS", "avx9000")
+    with pytest.raises(ValueError, match="MACKO_CPU_KERNELS must be baseline, avx2 or avx512"):
+        compress(torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("variant", ["avx2", "avx512"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-def test_kernel_variants_agree(dtype, gen, monkeypatch):
-    """MACKO_CPU_KERNELS=baseline / =avx2 cap the kernel variant; unset, the
-    best one this CPU runs (AVX-512, AVX2 or baseline) is used. All agree."""
+def test_kernel_variants_agree(variant, dtype, gen, monkeypatch):
+    """Each vector variant against the baseline kernels, on this CPU if it
+    runs that variant (skipped otherwise, saying which kernels it runs)."""
+    running = kernels_under(monkeypatch, variant)
+    if running != variant:
+        pytest.skip(f"this CPU does not run the {variant} kernels (its best: {running})")
     matrices = dict(large_adversarial(dtype, gen))
     matrices.update(adversarial_matrices(dtype, gen))
     for density in (1.0, 0.5, 0.1, 0.01):
         matrices[f"random {density}"] = random_pruned(257, 2053, density, dtype, gen)
     for name, M in matrices.items():
-        monkeypatch.setenv("MACKO_CPU_KERNELS", "baseline")
+        assert kernels_under(monkeypatch, "baseline") == "baseline"
         baseline = compress(M)
-        monkeypatch.setenv("MACKO_CPU_KERNELS", "avx2")
-        assert_same_arrays(compress(M), baseline, f"{name}: AVX2 vs baseline kernels")
-        monkeypatch.delenv("MACKO_CPU_KERNELS")
-        assert_same_arrays(compress(M), baseline, f"{name}: best vs baseline kernels")
+        assert kernels_under(monkeypatch, variant) == variant
+        assert_same_arrays(compress(M), baseline, f"{name}: {variant} vs baseline kernels")
 
 
+@requires_naive
 def test_naive_encoder_matches_the_spec(gen):
     """The benchmark's baseline encodes what the spec says (so timing it
     against compress compares equal work)."""

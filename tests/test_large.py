@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import macko_spmv
-from conftest import assert_product_close, requires_cuda
+from conftest import assert_product_close, random_pruned, requires_cuda
+from macko_spmv.bench.matrices import seeded_generator
 
 pytestmark = pytest.mark.slow
 
@@ -27,21 +28,8 @@ INT32_LIMIT = 2**31
 
 def make_matrix(rows, cols, density, device, seed):
     """Random fp16 normal values (never zero) kept with probability
-    `density`, generated a slice of rows at a time to bound the scratch."""
-    M = torch.empty(rows, cols, dtype=torch.float16, device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    step = max(1, 2**26 // cols)
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        block = torch.randn(r1 - r0, cols, generator=gen, device=device)
-        block[block == 0] = 1.0
-        if density < 1:
-            keep = torch.rand(r1 - r0, cols, generator=gen, device=device) < density
-            block = torch.where(keep, block, 0.0)
-            del keep
-        M[r0:r1] = block
-        del block
-    return M
+    `density`, drawn a block of rows at a time to bound the scratch."""
+    return random_pruned(rows, cols, density, torch.float16, seeded_generator(seed, device))
 
 
 def sampled_rows(A, cols, gen):

@@ -142,3 +142,35 @@ def test_minilm_fp16_cuda():
     report = check_sparsified_embeddings_match(torch.float16, "cuda", min_cosine=0.999)
     # fp16 at 50%: 2.5 bytes per stored entry for half the elements, against 2 per element
     assert report.weight_bytes_after / report.weight_bytes_before == pytest.approx(2.5 * 0.5 / 2, rel=0.05)
+
+
+def test_transformers_reads_weight_metadata_without_decompressing(monkeypatch):
+    """transformers code reads a linear layer's .weight.dtype / .device /
+    .shape in many places: after sparsify that must cost nothing and give
+    nn.Linear's answers, and computing with it must fail clearly."""
+    tokenizer, model = load_minilm(torch.float32, "cpu")
+    prune_rows_by_magnitude(model)
+    before = {name: (module.weight.shape, module.weight.dtype, module.weight.device)
+              for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    pruned = embed(model, tokenizer, SENTENCES[:2])
+    macko_spmv.sparsify(model, min_sparsity=0.5, progress=False, verbose=False)
+    calls = []
+    real_decompress = macko_spmv.ops.decompress
+    monkeypatch.setattr(macko_spmv.ops, "decompress", lambda *args: calls.append(1) or real_decompress(*args))
+    for name, (shape, dtype, device) in before.items():
+        layer = model.get_submodule(name)
+        assert isinstance(layer, macko_spmv.MackoLinear)
+        assert (layer.weight.shape, layer.weight.dtype, layer.weight.device) == (shape, dtype, device)
+    # transformers' own helpers that look at parameters and weights
+    assert model.dtype == torch.float32 and model.device.type == "cpu"
+    assert model.get_memory_footprint() > 0
+    model.half()
+    assert model.encoder.layer[0].attention.self.query.weight.dtype == torch.float16
+    model.float()
+    sparse = embed(model, tokenizer, SENTENCES[:2])
+    assert ((pruned * sparse).sum(dim=-1) > 0.999).all()
+    assert calls == []
+    query = model.encoder.layer[0].attention.self.query
+    with pytest.raises(TypeError, match=r"dense_weight\(\)"):
+        torch.nn.functional.linear(torch.ones(1, query.in_features), query.weight)
+    assert torch.equal(query.dense_weight(), real_decompress(*query.matrix)) and calls == [1]

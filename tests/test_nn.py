@@ -61,7 +61,7 @@ def test_forward_equals_the_dense_layer(device, dtype, gen):
     with torch.no_grad():
         linear.weight.copy_(random_pruned(31, 97, 0.4, dtype, gen))
     layer = MackoLinear.from_linear(linear)
-    assert torch.equal(layer.weight, linear.weight)
+    assert torch.equal(layer.dense_weight(), linear.weight)
     x = random_tensor((4, 97), dtype, gen, device)
     assert_linear_close(layer(x), linear.weight, linear.bias, x)
 
@@ -95,7 +95,7 @@ def test_constructors_and_inspection(gen):
     bias = torch.randn(12, generator=gen)
     layer = MackoLinear(weight, bias)
     assert (layer.out_features, layer.in_features) == (12, 40)
-    assert torch.equal(layer.weight, weight) and torch.equal(layer.bias, bias)
+    assert torch.equal(layer.dense_weight(), weight) and torch.equal(layer.bias, bias)
     assert isinstance(layer.bias, nn.Parameter) and layer.bias.data_ptr() != bias.data_ptr()
     assert layer.row_indices.numel() == 13 and layer.deltas.dtype == torch.uint8
     assert layer.density == pytest.approx(int(torch.count_nonzero(weight)) / weight.numel())
@@ -106,12 +106,36 @@ def test_constructors_and_inspection(gen):
         assert part in text
 
     from_matrix = MackoLinear(macko_spmv.compress(weight))
-    assert from_matrix.bias is None and torch.equal(from_matrix.weight, weight)
+    assert from_matrix.bias is None and torch.equal(from_matrix.dense_weight(), weight)
 
     linear = layer.to_linear()
     assert type(linear) is nn.Linear and not linear.weight.is_meta
     assert torch.equal(linear.weight, weight) and torch.equal(linear.bias, bias)
     assert linear.weight.requires_grad and linear.bias.requires_grad
+
+
+def test_weight_is_metadata_and_dense_weight_decompresses(device, gen, monkeypatch):
+    layer, weight, _ = pruned_layer(13, 45, torch.float16, gen, device)
+    calls = []
+    real_decompress = macko_spmv.ops.decompress
+    monkeypatch.setattr(macko_spmv.ops, "decompress", lambda *args: calls.append(1) or real_decompress(*args))
+    info = layer.weight
+    assert isinstance(info, torch.Tensor) and isinstance(info, macko_spmv.nn.DenseWeightInfo)
+    assert info.shape == (13, 45) and info.dtype == torch.float16 and info.device == weight.device
+    assert info.dim() == 2 and info.numel() == 13 * 45 and not info.requires_grad
+    assert info.data.shape == (13, 45) and info.detach().dtype == torch.float16
+    assert "dense_weight()" in repr(info)
+    assert calls == []  # nothing decompressed
+    x = random_tensor((2, 45), torch.float16, gen, device)
+    for compute in (lambda: F.linear(x, info), lambda: x @ info.T, lambda: info.float(), lambda: info.sum(),
+                    lambda: torch.equal(info, weight), lambda: info + 1, lambda: 2 * info, lambda: info.clone(),
+                    lambda: info[0], lambda: info.view(-1)):
+        with pytest.raises(TypeError, match=r"dense_weight\(\)"):
+            compute()
+    assert calls == []
+    assert torch.equal(layer.dense_weight(), weight) and calls == [1]
+    layer.float()
+    assert layer.weight.dtype == torch.float32  # follows conversions
 
 
 def test_constructor_rejects():
@@ -143,7 +167,7 @@ def test_dtype_conversions_touch_only_values_and_bias(convert, gen):
     assert layer.bias.dtype == target and isinstance(layer.bias, nn.Parameter)
     assert layer.deltas is deltas and layer.row_indices is row_indices  # not even copied
     assert layer.dense_shape.dtype == torch.int64
-    assert torch.equal(layer.weight, weight.to(target))
+    assert torch.equal(layer.dense_weight(), weight.to(target))
     x = random_tensor((4, 33), target, gen, "cpu")
     assert_linear_close(layer(x), weight.to(target), bias.to(target), x)
 
@@ -158,7 +182,7 @@ def test_unsupported_dtype_conversion_is_refused_untouched(gen):
         layer.type(torch.float32)  # Module.type casts every tensor, uint8 included
     assert layer.values.dtype == torch.float16 and layer.bias.dtype == torch.float16
     assert layer.deltas.dtype == torch.uint8 and layer.row_indices.dtype == torch.int32
-    assert torch.equal(layer.weight, weight)
+    assert torch.equal(layer.dense_weight(), weight)
 
 
 # ----------------------------------------------------------------------
@@ -227,7 +251,7 @@ def test_load_casts_values_and_takes_the_checkpoints_row_index_width(gen):
     target = MackoLinear(torch.zeros(20, 70, dtype=torch.float16), torch.zeros(20, dtype=torch.float16))
     target.load_state_dict(state)
     assert target.values.dtype == torch.float16 and target.row_indices.dtype == torch.int64
-    assert torch.equal(target.weight, weight.half())
+    assert torch.equal(target.dense_weight(), weight.half())
 
 
 def test_load_rejects_other_shapes_and_corrupt_arrays(gen):
@@ -239,7 +263,8 @@ def test_load_rejects_other_shapes_and_corrupt_arrays(gen):
     with pytest.raises(RuntimeError, match="invalid MACKO arrays"):
         MackoLinear(torch.zeros(20, 70), torch.zeros(20)).load_state_dict(state)
     with pytest.raises(RuntimeError, match="bias"):  # bias missing
-        MackoLinear(torch.zeros(20, 70), torch.zeros(20)).load_state_dict(MackoLinear(layer.weight).state_dict())
+        no_bias = MackoLinear(layer.dense_weight()).state_dict()
+        MackoLinear(torch.zeros(20, 70), torch.zeros(20)).load_state_dict(no_bias)
 
 
 # ----------------------------------------------------------------------
@@ -302,7 +327,7 @@ def test_sparsify_threshold_report_and_densify(gen, capsys):
 
     for name in converted:
         assert isinstance(model.get_submodule(name), MackoLinear)
-        assert torch.equal(model.get_submodule(name).weight, dense_weights[name])
+        assert torch.equal(model.get_submodule(name).dense_weight(), dense_weights[name])
     assert model.shared_again is model.shared  # every alias of a reused layer replaced by one layer
     assert type(model.dense) is nn.Linear and model.head.weight is model.embed.weight
 

@@ -16,8 +16,9 @@
 // The kernels exist three times: baseline x86-64 (SSE2) or portable code,
 // AVX2 (with BMI1, LZCNT, POPCNT) and AVX-512 (F, BW, VL, VBMI2); the best
 // that the CPU has is chosen at run time (when built with GCC for x86-64). All give
-// the same bytes. MACKO_CPU_KERNELS=baseline or =avx2 in the environment
-// caps the choice, for tests and comparisons.
+// the same bytes. MACKO_CPU_KERNELS=baseline, =avx2 or =avx512 in the
+// environment caps the choice, for tests and comparisons, and
+// torch.ops.macko_spmv._cpu_kernels() names the kernels that run.
 #include <torch/library.h>
 
 #include <ATen/Parallel.h>
@@ -26,6 +27,7 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -56,9 +58,17 @@ namespace {
 
 // Columns per mask: one bit each of a uint64_t.
 constexpr int64_t kBlock = 64;
+static_assert(kBlock == 8 * sizeof(uint64_t), "a block's masks are one uint64_t, a bit per column");
+// A run of this many zero columns after a stored column forces a padding
+// entry (the format's gap of kMaxDelta zeros, then one more column).
+constexpr int kPaddingRun = kMaxDelta + 1;
 // Stage room past a row's last entry (the vector kernels store whole
-// groups: up to 64 column bytes or 32 values).
-constexpr int64_t kStageSlack = 64;
+// groups: up to a block's 64 column bytes, or 32 values).
+constexpr int64_t kStageSlack = kBlock;
+// The write pass stages deltas one per byte and packs them 16 at a time
+// (pack_groups: 8 aligned output bytes).
+constexpr int64_t kPackEntries = 16;
+static_assert(kPackEntries % 2 == 0, "two deltas share a byte");
 // The fewest dense elements worth a parallel task of their own.
 constexpr int64_t kMinTaskElements = int64_t{1} << 16;
 
@@ -160,13 +170,13 @@ namespace avx512 {
 #pragma GCC pop_options
 #endif  // MACKO_CPU_X86_DISPATCH
 
-// The kernel variants, slowest first.
+// The kernel variants, slowest first, and their names (MACKO_CPU_KERNELS,
+// torch.ops.macko_spmv._cpu_kernels).
 enum class Kernels { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+constexpr const char* kKernelNames[] = {"baseline", "avx2", "avx512"};
 
-// The best kernels this CPU runs, capped by MACKO_CPU_KERNELS=baseline|avx2
-// (read on every call, for tests and comparisons; unset: no cap).
-Kernels choose_kernels() {
-  Kernels best = Kernels::kBaseline;
+// The best kernels this CPU runs.
+Kernels supported_kernels() {
 #if MACKO_CPU_X86_DISPATCH
   static const Kernels supported = [] {
     __builtin_cpu_init();
@@ -177,11 +187,23 @@ Kernels choose_kernels() {
                         __builtin_cpu_supports("avx512vbmi2");
     return avx512 ? Kernels::kAvx512 : avx2 ? Kernels::kAvx2 : Kernels::kBaseline;
   }();
-  best = supported;
+  return supported;
+#else
+  return Kernels::kBaseline;
 #endif
+}
+
+// The kernels compress runs now: the best this CPU runs, capped by
+// MACKO_CPU_KERNELS=baseline|avx2|avx512 (read on every call, for tests and
+// comparisons; unset or empty: no cap).
+Kernels choose_kernels() {
+  const Kernels best = supported_kernels();
   const char* cap = std::getenv("MACKO_CPU_KERNELS");
-  if (cap != nullptr && std::strcmp(cap, "baseline") == 0) return Kernels::kBaseline;
-  if (cap != nullptr && std::strcmp(cap, "avx2") == 0) return std::min(best, Kernels::kAvx2);
+  if (cap == nullptr || *cap == '\0') return best;
+  for (int k = 0; k <= static_cast<int>(Kernels::kAvx512); ++k) {
+    if (std::strcmp(cap, kKernelNames[k]) == 0) return std::min(best, static_cast<Kernels>(k));
+  }
+  TORCH_CHECK_VALUE(false, "MACKO_CPU_KERNELS must be baseline, avx2 or avx512 (or unset), got '", cap, "'");
   return best;
 }
 
@@ -281,5 +303,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_cpu(const at::Tensor& de
 }  // namespace
 
 TORCH_LIBRARY_IMPL(macko_spmv, CPU, m) { m.impl("compress", &compress_cpu); }
+
+// torch.ops.macko_spmv._cpu_kernels() (schema in ops.cpp): the name of the
+// kernels compress runs now, so that tests and benchmarks can say which ran.
+std::string cpu_kernels_in_use() { return kKernelNames[static_cast<int>(choose_kernels())]; }
 
 }  // namespace macko

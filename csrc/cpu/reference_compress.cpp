@@ -1,4 +1,6 @@
-// BENCHMARK BASELINE ONLY: torch.ops.macko_spmv._compress_reference.
+// BENCHMARK BASELINE ONLY: torch.ops.macko_spmv._compress_reference, in
+// development builds only (setup.py compiles this file, and ops.cpp
+// defines the op, when MACKO_DEV_OPS is on; wheels leave it out).
 //
 // The MACKO encoder written the obvious way, as a plain single-threaded
 // loop over the elements that appends each stored entry to std::vectors

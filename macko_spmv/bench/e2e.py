@@ -1,9 +1,9 @@
-"""End-to-end decoding benchmark: a Llama-2-7B-shaped model, pruned, converted
-with sparsify, and decoded token by token as a serving user would.
+"""End-to-end generation benchmark: a Llama-2-7B-shaped model, pruned,
+converted with sparsify, prefilled and decoded as a user of generate waits
+for it.
 
-Run it as ``python -m macko_spmv e2e`` (or ``python benchmarks/e2e_llm.py``);
-``--help`` lists the options. Needs ``transformers`` (and matplotlib for the
-plots). The method:
+Run it as ``python -m macko_spmv e2e``; ``--help`` lists the options. Needs
+``transformers`` (and matplotlib for the plots). The method:
 
 - The model is a transformers ``LlamaForCausalLM`` built from a
   ``LlamaConfig`` with Llama-2-7B's shapes (``--config``), with random
@@ -15,75 +15,90 @@ plots). The method:
   weights can so be made again on the device in about a second, without a
   copy of the dense model anywhere.
 - Variants: "dense" is the original, unpruned model (nn.Linear, cuBLAS);
-  for each density d, the same weights have every linear layer of the
-  decoder blocks (q, k, v, o, gate, up, down projections; not lm_head or the
-  embeddings) pruned per output row to its round(d * in_features) entries
-  largest in magnitude (Wanda's unstructured per-row layout, scored by the
-  weights themselves since there are no activations) and are then converted
-  with ``sparsify``. A pruned model kept dense would cost what "dense" costs
-  (cuBLAS does not skip zeros), so it is not timed; ``--check`` compares its
-  logits with the MACKO model's.
+  for each density d (``--densities``, default 0.5 and 0.1), the same
+  weights have every linear layer of the decoder blocks (q, k, v, o, gate,
+  up, down projections; not lm_head or the embeddings) pruned per output
+  row to its round(d * in_features) entries largest in magnitude (Wanda's
+  unstructured per-row layout, scored by the weights themselves since there
+  are no activations) and are then converted with ``sparsify``. A pruned
+  model kept dense would cost what "dense" costs (cuBLAS does not skip
+  zeros), so it is not timed; ``--check`` compares its logits with the
+  MACKO model's.
 - Memory: one model lives on the device at a time. Each variant builds its
   model afresh from the seed, prunes it in place, converts it (the dense
   weights of a layer are freed as sparsify replaces it), measures, and is
-  then released: model, KV cache, compiled code and CUDA graph pools
+  then released: model, KV caches, compiled code and CUDA graph pools
   (``torch._dynamo.reset``), then ``gc.collect`` and
   ``torch.cuda.empty_cache``. The memory still allocated when a variant
   starts is written to the CSV, so a leak would show.
-- Decoding: batch 1, a prompt of ``--prompt-len`` random tokens, a
-  transformers ``StaticCache`` of prompt + new tokens + 1 entries. The
-  prompt is prefilled eagerly; each new token then comes from one call of a
-  decode step (model forward + greedy argmax) compiled with
-  ``torch.compile(mode="reduce-overhead", fullgraph=True)``, i.e. replayed
-  as a CUDA graph. After a first call (compile, timed as ``compile_s``) and
-  ``--warmup-runs`` untimed generations, each of ``--runs`` generations of
-  ``--new-tokens`` tokens is timed with the wall clock between two device
-  synchronisations (prefill excluded); tokens/s is new tokens over that
-  time, and the CSV keeps the median run (ms_per_token = 1000 / tokens/s).
+- Scenarios: batch 1 with each prompt length of ``--prompt-lens`` (default
+  128, 512 and 2048 tokens), and every other batch size of ``--batches``
+  (default 8) with the shortest prompt; each generates ``--new-tokens``
+  (default 128) tokens per sequence. Prompts are random tokens. A scenario
+  runs ``--warmup-runs`` untimed generations and then ``--runs`` timed
+  ones; the CSV keeps the median run (and the fastest and slowest).
+- A generation: the prompt is prefilled eagerly (as transformers does for
+  static caches), then each new token comes from one call of a decode step
+  (model forward + greedy argmax) compiled with
+  ``torch.compile(mode="reduce-overhead", fullgraph=True, dynamic=False)``,
+  i.e. replayed as a CUDA graph, through a transformers ``StaticCache``;
+  as generate does, the prefill computes the logits of the last position
+  only (``logits_to_keep=1``, where the model takes it).
+  Every phase is timed with the wall clock between two device
+  synchronisations. prefill_ms (time to first token) covers the prefill
+  and the first token's argmax; decode_ms the new tokens' decode steps;
+  total_ms both: what a user waits for the prompt and its new tokens.
+  tokens_per_s = batch x new tokens / decode time (the whole batch's
+  rate), ms_per_token = decode time / new tokens (one step).
+- Caches: one decode step and one StaticCache per batch size, sized for its
+  longest prompt + new tokens + 1 (cache_len), so that each batch size is
+  compiled once per variant (compile_s: the first step, compile and CUDA
+  graph recording included); the attention of every decode step spans the
+  whole cache, so a short prompt decodes a little slower than in a cache
+  sized for it. ``--cache-per-prompt`` gives every prompt length a cache
+  of its own size (and a compile of its own).
 - Memory columns: ``peak_decode_bytes`` is torch.cuda.max_memory_allocated
   from after the conversion through compile, warm-up and the timed runs
-  (weights, KV cache, activations, CUDA graph pools); ``peak_variant_bytes``
+  (weights, KV caches, activations, CUDA graph pools); ``peak_variant_bytes``
   also covers building and converting (for a sparse variant that includes
   the dense model it came from). ``weight_bytes`` is the bytes of the
   model's parameters and buffers.
 
-``--check`` compares logits at every position of a few random prompts:
-(1) the MACKO model's full forward (eager) against the pruned model's
-before conversion, and (2) the timed decode path (the compiled step, token
-by token through the static cache, teacher-forced) against the same
-reference; for "dense" only (2), against its own eager forward. The error is
-max|a - b| / max|a| over all logits; the limits are 1e-4 in float32 and
-1e-2 in float16/bfloat16. ``--profile`` records ``--profile-steps`` decode
-steps with torch.profiler and writes the share of GPU time in MACKO multiply
-kernels, attention, dense matmuls, other kernels and idle gaps to
+``--check`` compares logits at every position of ``--check-prompts``
+random prompts of ``--check-prompt-len`` tokens: (1) the MACKO model's full
+forward (eager) against the pruned model's before conversion, and (2) the
+timed decode path (the batch-1 compiled step, token by token through the
+static cache, teacher-forced) against the same reference; for "dense" only
+(2), against its own eager forward. The error is max|a - b| / max|a| over
+all logits; the limits are 1e-4 in float32 and 1e-2 in float16/bfloat16.
+``--profile`` records ``--profile-steps`` batch-1 decode steps with
+torch.profiler and writes the share of GPU time in MACKO multiply kernels,
+attention, dense matmuls, other kernels and idle gaps to
 ``profile-<variant>.txt`` (and the trace as JSON) in the output folder.
-Results go to ``results.csv`` (a row per variant, written as each one
-finishes) and ``meta.json``; the plots and ``summary.md`` are drawn from the
-saved CSV only (``--plot-only DIR``).
+Results go to ``results.csv`` (a row per variant and scenario, a variant's
+rows written as it finishes) and ``meta.json``; the plots and
+``summary.md`` are drawn from the saved CSV only (``--plot-only DIR``).
 """
 
 import argparse
-import csv
 import dataclasses
-import datetime
 import gc
 import inspect
 import json
 import math
 import os
-import platform
 import re
-import shlex
 import statistics
 import sys
-import time
-import zlib
+
 import torch
 from torch import nn
 
 import macko_spmv
 
-from .bench import cpu_name, nvidia_driver_version, read_meta, set_caption, slug, unique, write_json
+from . import plots, records, tables
+from .matrices import derived_seed, seeded_generator
+from .timing import synchronize, wall_clock
 
 # --------------------------------------------------------------------------
 # Model configurations
@@ -102,15 +117,8 @@ CONFIGS = {
     # The same layers, four of them: a quick check of the whole path on a GPU.
     "llama2-7b-4layers": {**LLAMA2_7B, "num_hidden_layers": 4},
     # For CPU tests and CI.
-    "tiny": dict(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=172,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-    ),
+    "tiny": dict(LLAMA2_7B, vocab_size=256, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512),
 }
 COMMON_CONFIG = dict(rms_norm_eps=1e-5, initializer_range=0.02, tie_word_embeddings=False, hidden_act="silu")
 
@@ -119,7 +127,10 @@ DECODER_LINEAR = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.
 LINEARS_PER_LAYER = 7
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-DEFAULT_DENSITIES = (0.7, 0.5, 0.3, 0.1)
+DEFAULT_DENSITIES = (0.5, 0.1)
+DEFAULT_PROMPT_LENS = (128, 512, 2048)
+DEFAULT_BATCHES = (1, 8)
+DEFAULT_NEW_TOKENS = 128
 # Largest max|a - b| / max|a| allowed between the MACKO model's logits and the
 # pruned dense model's.
 TOLERANCES = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -127,7 +138,7 @@ TOLERANCES = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 MEMORY_APPROACH = (
     "one model on the device at a time: every variant is built afresh on the device from the seed "
     "(per-parameter generators), pruned in place and converted with sparsify (each dense layer is freed as "
-    "it is replaced); after measuring, the model, KV cache, compiled code and CUDA graph pools "
+    "it is replaced); after measuring, the model, KV caches, compiled code and CUDA graph pools "
     "(torch._dynamo.reset) are released, then gc.collect() and torch.cuda.empty_cache(). "
     "allocated_at_start_bytes records what was still allocated when each variant began."
 )
@@ -140,12 +151,6 @@ def make_config(name):
     from transformers import LlamaConfig
 
     return LlamaConfig(**CONFIGS[name], **COMMON_CONFIG)
-
-
-def tensor_seed(seed, *key):
-    """A seed for one tensor, from the run's seed and the tensor's name: the
-    same tensor gets the same numbers whatever else is built."""
-    return (seed * 1_000_003 + zlib.crc32(repr(key).encode())) % (2**63)
 
 
 def build_model(config, device, dtype, seed):
@@ -173,7 +178,7 @@ def initialize_(model, seed):
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if parameter.dim() == 2:
-                generator = torch.Generator(device=parameter.device).manual_seed(tensor_seed(seed, name))
+                generator = seeded_generator(derived_seed(seed, name), parameter.device)
                 parameter.normal_(0.0, std, generator=generator)
             elif parameter.dim() == 1 and name.endswith("norm.weight"):
                 parameter.fill_(1.0)
@@ -212,16 +217,15 @@ def prune_decoder_(model, density):
 
 def convert(model, progress=False):
     """sparsify restricted to the decoder linear layers, every one of them
-    whatever its sparsity; checks that each was converted."""
-    expected = len(decoder_linear_names(model))
-    report = macko_spmv.SparsifyReport()
-    macko_spmv.sparsify(model, min_sparsity=0.0, include=DECODER_LINEAR, progress=progress, verbose=False,
-                        report=report)
-    if len(report.converted) != expected:
-        reasons = "; ".join(f"{layer.name}: {layer.reason}" for layer in report.skipped
-                            if DECODER_LINEAR.search(layer.name))  # fmt: skip
-        raise RuntimeError(f"sparsify converted {len(report.converted)} of {expected} decoder linear layers: {reasons}")
-    return report
+    whatever its sparsity; checks that each was converted. Returns the bytes
+    of the converted layers' compressed weights."""
+    names = decoder_linear_names(model)
+    macko_spmv.sparsify(model, min_sparsity=0.0, include=DECODER_LINEAR, progress=progress, verbose=False)
+    layers = [model.get_submodule(name) for name in names]
+    missed = [name for name, layer in zip(names, layers) if not isinstance(layer, macko_spmv.MackoLinear)]
+    if missed:
+        raise RuntimeError(f"sparsify left {len(missed)} of {len(names)} decoder linear layers dense, e.g. {missed[0]}")
+    return sum(layer.nbytes for layer in layers)
 
 
 def model_bytes(model):
@@ -232,25 +236,27 @@ def model_bytes(model):
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
 
 
-def random_tokens(length, vocab_size, device, seed, *key):
-    """[1, length] int64 token ids, uniform over the vocabulary, seeded."""
-    generator = torch.Generator().manual_seed(tensor_seed(seed, *key))
-    return torch.randint(0, vocab_size, (1, length), generator=generator).to(device)
+def random_tokens(batch, length, vocab_size, device, seed, *key):
+    """[batch, length] int64 token ids, uniform over the vocabulary, seeded
+    by ``key``."""
+    generator = seeded_generator(derived_seed(seed, *key))
+    return torch.randint(0, vocab_size, (batch, length), generator=generator).to(device)
 
 
 # --------------------------------------------------------------------------
 # Decoding with a static KV cache
 
 
-def make_static_cache(config, max_cache_len, device, dtype):
-    """A transformers StaticCache for batch 1, built with the arguments this
-    transformers version's constructor takes (newer ones size themselves
-    on the first update, older ones need the batch size, device and dtype)."""
+def make_static_cache(config, batch, max_cache_len, device, dtype):
+    """A transformers StaticCache for ``batch`` sequences, built with the
+    arguments this transformers version's constructor takes (newer ones size
+    themselves on the first update, older ones need the batch size, device
+    and dtype)."""
     from transformers import StaticCache
 
     accepted = inspect.signature(StaticCache.__init__).parameters
     kwargs = {"config": config, "max_cache_len": max_cache_len}
-    for name, value in (("max_batch_size", 1), ("batch_size", 1), ("device", device), ("dtype", dtype)):
+    for name, value in (("max_batch_size", batch), ("batch_size", batch), ("device", device), ("dtype", dtype)):
         if name in accepted:
             kwargs[name] = value
     return StaticCache(**kwargs)
@@ -264,14 +270,10 @@ def _mark_step():
         mark()
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Decoder:
-    """Greedy decoding of a LlamaForCausalLM with a static KV cache, the
-    decode step optionally compiled (the prefill always runs eagerly, as
+    """Greedy decoding of a LlamaForCausalLM for ``batch`` sequences of equal
+    length with a static KV cache of ``max_cache_len`` entries, the decode
+    step optionally compiled (the prefill always runs eagerly, as
     transformers recommends for static caches).
 
     Calls the model with the keyword arguments this transformers version
@@ -281,56 +283,66 @@ class Decoder:
     count their positions themselves.
     """
 
-    def __init__(self, model, max_cache_len, compile=True, compile_mode="reduce-overhead", compile_backend="inductor"):
+    def __init__(self, model, max_cache_len, batch=1, compile=True, compile_mode="reduce-overhead",
+                 compile_backend="inductor"):
         self.model = model
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
+        self.batch = batch
         self.max_cache_len = max_cache_len
         parameters = inspect.signature(model.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
         self.explicit_positions = "cache_position" in parameters
-        self.cache = make_static_cache(model.config, max_cache_len, self.device, self.dtype)
+        # As generate does: the prefill computes the logits of the last
+        # position only, where forward can be told so.
+        self.last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+        self.cache = make_static_cache(model.config, batch, max_cache_len, self.device, self.dtype)
         self.compiled = bool(compile)
         if compile:
             options = {"mode": compile_mode} if compile_backend == "inductor" and compile_mode else {}
-            self.step = torch.compile(self._step, fullgraph=True, backend=compile_backend, **options)
+            # dynamic=False: every batch size and cache gets a graph of its
+            # own shapes, rather than one with symbolic sizes after the second.
+            self.step = torch.compile(self._step, fullgraph=True, dynamic=False, backend=compile_backend, **options)
         else:
             self.step = self._step
 
-    def _forward(self, tokens, positions):
-        kwargs = {self.cache_argument: self.cache, "use_cache": True}
+    def _forward(self, tokens, positions, **extra):
+        kwargs = {self.cache_argument: self.cache, "use_cache": True, **extra}
         if self.explicit_positions:
             kwargs["cache_position"] = positions
             kwargs["position_ids"] = positions.unsqueeze(0)
         return self.model(input_ids=tokens, **kwargs).logits
 
     def _step(self, token, position):
-        """One decode step: token [1, 1] at ``position`` [1] -> (next token
-        [1, 1], logits [1, vocab])."""
+        """One decode step: tokens [batch, 1] at ``position`` [1] -> (next
+        tokens [batch, 1], logits [batch, vocab])."""
         logits = self._forward(token, position)[:, -1]
         return logits.argmax(dim=-1, keepdim=True), logits
 
     def prefill(self, prompt):
-        """Empties the cache and runs the prompt [1, L] eagerly; returns
-        (logits [1, L, vocab], first new token [1, 1], next position [1])."""
-        length = prompt.shape[1]
+        """Empties the cache and runs the prompts [batch, L] eagerly; returns
+        (logits [batch, L or 1, vocab]: the last position's at least, first
+        new tokens [batch, 1], next position [1])."""
+        count, length = prompt.shape
+        if count != self.batch:
+            raise ValueError(f"this decoder takes {self.batch} prompts at a time, got {count}")
         if length < 1 or length >= self.max_cache_len:
             raise ValueError(f"the prompt must have 1 to {self.max_cache_len - 1} tokens, got {length}")
         self.cache.reset()
         positions = torch.arange(length, device=self.device)
         with torch.no_grad():
-            logits = self._forward(prompt, positions)
+            logits = self._forward(prompt, positions, **self.last_logits_only)
         token = logits[:, -1].argmax(dim=-1, keepdim=True)
         return logits, token, positions[-1:] + 1
 
     def decode(self, token, position, steps, out=None):
-        """``steps`` decode steps from ``token`` at ``position``; returns the
-        new tokens [1, steps] (written to ``out`` when given)."""
+        """``steps`` decode steps from ``token`` [batch, 1] at ``position``;
+        returns the new tokens [batch, steps] (written to ``out`` when given)."""
         if int(position[0]) + steps > self.max_cache_len:
             raise ValueError(f"{steps} steps from position {int(position[0])} overflow the cache "
                              f"({self.max_cache_len})")
         if out is None:
-            out = torch.empty((1, steps), dtype=torch.long, device=self.device)
+            out = torch.empty((self.batch, steps), dtype=torch.long, device=self.device)
         with torch.no_grad():
             for index in range(steps):
                 _mark_step()
@@ -342,24 +354,22 @@ class Decoder:
         return out
 
     def generate(self, prompt, new_tokens):
-        """Prefill, then ``new_tokens`` timed decode steps. Returns (tokens
-        [1, 1 + new_tokens], decode seconds, prefill seconds)."""
-        out = torch.empty((1, new_tokens + 1), dtype=torch.long, device=self.device)
-        synchronize(self.device)
-        start = time.perf_counter()
-        _, token, position = self.prefill(prompt)
+        """Prefill, then ``new_tokens`` decode steps. Returns (tokens
+        [batch, 1 + new_tokens], decode seconds, prefill seconds); the
+        prefill's seconds include the first token's argmax."""
+        out = torch.empty((self.batch, new_tokens + 1), dtype=torch.long, device=self.device)
+        (_, token, position), prefill_s = wall_clock(self.device, self.prefill, prompt)
         out[:, :1] = token
-        synchronize(self.device)
-        prefilled = time.perf_counter()
-        self.decode(token, position, new_tokens, out=out[:, 1:])
-        synchronize(self.device)
-        done = time.perf_counter()
-        return out, done - prefilled, prefilled - start
+        _, decode_s = wall_clock(self.device, self.decode, token, position, new_tokens, out=out[:, 1:])
+        return out, decode_s, prefill_s
 
     def teacher_forced_logits(self, tokens):
         """Logits [L, vocab] (float32) at every position of ``tokens`` [1, L]
         computed the way decoding computes them: the first token prefilled,
-        every later one fed through the decode step with the static cache."""
+        every later one fed through the decode step with the static cache.
+        A batch-1 decoder only."""
+        if self.batch != 1:
+            raise ValueError("teacher_forced_logits needs a decoder of batch 1")
         logits, _, position = self.prefill(tokens[:, :1])
         rows = [logits[0, -1].float()]
         with torch.no_grad():
@@ -398,7 +408,7 @@ def full_forward_logits(model, tokens):
 
 
 def check_prompts(config, count, length, device, seed):
-    return [random_tokens(length, config.vocab_size, device, seed, "check", index) for index in range(count)]
+    return [random_tokens(1, length, config.vocab_size, device, seed, "check", index) for index in range(count)]
 
 
 @dataclasses.dataclass
@@ -413,8 +423,7 @@ class CheckResult:
 
     @property
     def max_error(self):
-        errors = [error for error in (self.forward_error, self.decode_error) if not math.isnan(error)]
-        return max(errors) if errors else math.nan
+        return tables.finite_max(self.forward_error, self.decode_error)
 
     @property
     def passed(self):
@@ -581,17 +590,6 @@ def format_profile(breakdown, steps, title, step_ms=None):
 # --------------------------------------------------------------------------
 # One variant
 
-
-CSV_COLUMNS = (
-    "gpu", "torch", "cuda", "transformers", "date", "config", "dtype", "variant", "density", "pruned",
-    "batch", "prompt_len", "new_tokens", "runs", "compile", "tokens_per_s", "tokens_per_s_min",
-    "tokens_per_s_max", "ms_per_token", "prefill_ms", "weight_bytes", "decoder_linear_bytes",
-    "converted_layers", "peak_decode_bytes", "peak_variant_bytes", "allocated_at_start_bytes",
-    "build_s", "prune_s", "conversion_s", "compile_s", "warmup_s", "check_forward_err",
-    "check_decode_err", "check_tolerance", "check_passed", "profile_macko_frac",
-    "profile_attention_frac", "profile_dense_mm_frac", "profile_other_frac", "profile_idle_frac",
-)  # fmt: skip
-
 PROFILE_COLUMNS = {
     "macko multiply": "profile_macko_frac",
     "attention": "profile_attention_frac",
@@ -613,139 +611,177 @@ class Variant:
         return "dense" if self.kind == "dense" else f"macko-d{self.density:g}"
 
 
-def timed(device, function, *args, **kwargs):
-    """(function's result, seconds), the device synchronised on both sides."""
-    synchronize(device)
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    synchronize(device)
-    return result, time.perf_counter() - start
+def scenarios(batches, prompt_lens):
+    """(batch, prompt length) pairs: batch 1 with every prompt length, every
+    other batch size with the shortest."""
+    shortest = min(prompt_lens)
+    out = [(1, length) for length in prompt_lens] if 1 in batches else []
+    return out + [(batch, shortest) for batch in batches if batch != 1]
+
+
+def cache_lengths(plan, new_tokens, per_prompt):
+    """{(batch, prompt length): cache entries}: each batch size's longest
+    prompt + new tokens + 1 (one cache and one compile per batch size), or
+    with ``per_prompt`` each prompt's own length + new tokens + 1."""
+    longest = {}
+    for batch, length in plan:
+        longest[batch] = max(longest.get(batch, 0), length)
+    return {(batch, length): (length if per_prompt else longest[batch]) + new_tokens + 1 for batch, length in plan}
+
+
+def median_and_range(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def first_step(args, model, config, device, batch, cache_len):
+    """(a Decoder for ``batch`` sequences with a cache of ``cache_len``,
+    seconds of its first decode step: compile and CUDA graph recording)."""
+    decoder = Decoder(model, cache_len, batch, compile=args.compile, compile_mode=args.compile_mode,
+                      compile_backend=args.compile_backend)  # fmt: skip
+    _, token, position = decoder.prefill(random_tokens(batch, 1, config.vocab_size, device, args.seed, "first step"))
+    _, seconds = wall_clock(device, decoder.decode, token, position, 1)
+    return decoder, seconds
 
 
 def run_variant(args, variant, config, device, dtype, env, out_dir, stage=lambda text: None):
-    """Builds, (prunes and converts,) checks, times and profiles one variant;
-    returns its CSV row. Everything it allocated is released on return."""
+    """Builds, (prunes and converts,) checks, times every scenario and
+    profiles one variant; returns its CSV rows, one per scenario. Everything
+    it allocated is released on return."""
     nan = math.nan
-    row = {column: "" for column in CSV_COLUMNS}
-    row.update(env)
-    row.update(config=args.config, dtype=args.dtype, variant=variant.kind, density=variant.density,
-               pruned=int(variant.kind != "dense"), batch=1, prompt_len=args.prompt_len,
-               new_tokens=args.new_tokens, runs=args.runs,
-               compile=(args.compile_mode if args.compile_backend == "inductor" else args.compile_backend)
-               if args.compile else "none")  # fmt: skip
+    common = {**env, "config": args.config, "dtype": args.dtype, "variant": variant.kind,
+              "density": variant.density, "pruned": int(variant.kind != "dense"), "new_tokens": args.new_tokens,
+              "runs": args.runs, "compile": (args.compile_mode if args.compile_backend == "inductor"
+                                             else args.compile_backend) if args.compile else "none"}  # fmt: skip
     on_gpu = device.type == "cuda"
     if on_gpu:
-        row["allocated_at_start_bytes"] = torch.cuda.memory_allocated(device)
+        common["allocated_at_start_bytes"] = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     tolerance = args.check_tolerance if args.check_tolerance is not None else TOLERANCES[dtype]
 
     stage("build")
-    model, row["build_s"] = timed(device, build_model, config, device, dtype, args.seed)
-    check_tokens = check_prompts(config, args.check_prompts, args.prompt_len, device, args.seed) if args.check else []
+    model, common["build_s"] = wall_clock(device, build_model, config, device, dtype, args.seed)
+    check_tokens = (check_prompts(config, args.check_prompts, args.check_prompt_len, device, args.seed)
+                    if args.check else [])  # fmt: skip
     references = []
     if variant.kind == "dense":
-        row.update(prune_s=0.0, conversion_s=0.0, converted_layers=0)
+        common.update(prune_s=0.0, conversion_s=0.0, converted_layers=0)
         if args.check:
             references = [full_forward_logits(model, prompt) for prompt in check_tokens]
-        row["decoder_linear_bytes"] = sum(
+        common["decoder_linear_bytes"] = sum(
             model.get_submodule(name).weight.nbytes for name in decoder_linear_names(model))
     else:
         stage("prune")
-        _, row["prune_s"] = timed(device, prune_decoder_, model, variant.density)
+        pruned_layers, common["prune_s"] = wall_clock(device, prune_decoder_, model, variant.density)
         if args.check:
             stage("reference logits")
             references = [full_forward_logits(model, prompt) for prompt in check_tokens]
         stage("convert")
-        report, row["conversion_s"] = timed(device, convert, model, False)
-        row["converted_layers"] = len(report.converted)
-        row["decoder_linear_bytes"] = report.weight_bytes_after
-        del report
+        common["decoder_linear_bytes"], common["conversion_s"] = wall_clock(device, convert, model, False)
+        common["converted_layers"] = pruned_layers  # convert raises unless it converted every one
         if args.check:
             stage("check forward")
-            row["check_forward_err"] = max(relative_error(ref, full_forward_logits(model, prompt))
-                                           for ref, prompt in zip(references, check_tokens))  # fmt: skip
-    row["weight_bytes"] = model_bytes(model)
+            common["check_forward_err"] = max(relative_error(ref, full_forward_logits(model, prompt))
+                                              for ref, prompt in zip(references, check_tokens))  # fmt: skip
+    common["weight_bytes"] = model_bytes(model)
     if on_gpu:
-        row["peak_variant_bytes"] = torch.cuda.max_memory_allocated(device)
+        common["peak_variant_bytes"] = torch.cuda.max_memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
 
-    prompt = random_tokens(args.prompt_len, config.vocab_size, device, args.seed, "prompt")
-    decoder = Decoder(model, args.prompt_len + args.new_tokens + 1, compile=args.compile,
-                      compile_mode=args.compile_mode, compile_backend=args.compile_backend)  # fmt: skip
-    stage("compile" if args.compile else "first step")
-    _, token, position = decoder.prefill(prompt)
-    _, row["compile_s"] = timed(device, decoder.decode, token, position, 1)
-    stage("warm-up")
-    _, row["warmup_s"] = timed(device, lambda: [decoder.generate(prompt, args.new_tokens)
-                                                for _ in range(args.warmup_runs)])  # fmt: skip
-    decode_times, prefill_times, generated = [], [], None
-    for run in range(args.runs):
-        stage(f"run {run + 1}/{args.runs}")
-        tokens, decode_s, prefill_s = decoder.generate(prompt, args.new_tokens)
-        decode_times.append(decode_s)
-        prefill_times.append(prefill_s)
-        if generated is None:
-            generated = tokens.cpu()
-        elif not torch.equal(generated, tokens.cpu()):
-            print(f"warning: {variant.label}: run {run + 1} generated other tokens than run 1", file=sys.stderr)
-    rates = [args.new_tokens / seconds for seconds in decode_times]
-    median_rate = statistics.median(rates)
-    row.update(tokens_per_s=median_rate, tokens_per_s_min=min(rates), tokens_per_s_max=max(rates),
-               ms_per_token=1e3 / median_rate, prefill_ms=1e3 * statistics.median(prefill_times))  # fmt: skip
+    plan = scenarios(args.batches, args.prompt_lens)
+    caches = cache_lengths(plan, args.new_tokens, args.cache_per_prompt)
+    decoders, compile_seconds = {}, {}
+    rows = []
+    for batch, prompt_len in plan:
+        cache_len = caches[(batch, prompt_len)]
+        if (batch, cache_len) not in decoders:
+            stage(f"{'compile' if args.compile else 'first step'}, batch {batch}, cache {cache_len}")
+            decoders[(batch, cache_len)], compile_seconds[(batch, cache_len)] = first_step(
+                args, model, config, device, batch, cache_len)
+        decoder = decoders[(batch, cache_len)]
+        prompt = random_tokens(batch, prompt_len, config.vocab_size, device, args.seed, "prompt", batch, prompt_len)
+        name = f"batch {batch}, prompt {prompt_len}"
+        stage(f"warm-up, {name}")
+        _, warmup_s = wall_clock(device, lambda: [decoder.generate(prompt, args.new_tokens)
+                                                  for _ in range(args.warmup_runs)])  # fmt: skip
+        decode_times, prefill_times, generated = [], [], None
+        for run in range(args.runs):
+            stage(f"{name}: run {run + 1}/{args.runs}")
+            tokens, decode_s, prefill_s = decoder.generate(prompt, args.new_tokens)
+            decode_times.append(decode_s)
+            prefill_times.append(prefill_s)
+            if generated is None:
+                generated = tokens.cpu()
+            elif not torch.equal(generated, tokens.cpu()):
+                print(f"warning: {variant.label}, {name}: run {run + 1} generated other tokens than run 1",
+                      file=sys.stderr)  # fmt: skip
+        rates = [batch * args.new_tokens / seconds for seconds in decode_times]
+        prefill_ms, prefill_min, prefill_max = median_and_range([1e3 * seconds for seconds in prefill_times])
+        rate, rate_min, rate_max = median_and_range(rates)
+        decode_ms = 1e3 * statistics.median(decode_times)
+        rows.append({
+            **common, "batch": batch, "prompt_len": prompt_len, "cache_len": cache_len,
+            "prefill_ms": prefill_ms, "prefill_ms_min": prefill_min, "prefill_ms_max": prefill_max,
+            "decode_ms": decode_ms, "tokens_per_s": rate, "tokens_per_s_min": rate_min, "tokens_per_s_max": rate_max,
+            "ms_per_token": decode_ms / args.new_tokens,
+            "total_ms": 1e3 * statistics.median(p + d for p, d in zip(prefill_times, decode_times)),
+            "compile_s": compile_seconds[(batch, cache_len)], "warmup_s": warmup_s,
+        })  # fmt: skip
+    variant_facts = {}
     if on_gpu:
-        row["peak_decode_bytes"] = torch.cuda.max_memory_allocated(device)
-        row["peak_variant_bytes"] = max(row["peak_variant_bytes"], row["peak_decode_bytes"])
+        variant_facts["peak_decode_bytes"] = torch.cuda.max_memory_allocated(device)
+        variant_facts["peak_variant_bytes"] = max(common["peak_variant_bytes"], variant_facts["peak_decode_bytes"])
 
+    single = next((decoder for (batch, _), decoder in decoders.items() if batch == 1), None)
     if args.check:
         stage("check decode")
-        row["check_decode_err"] = relative_error(references[0], decoder.teacher_forced_logits(check_tokens[0]))
-        result = CheckResult(variant.density, row["check_forward_err"] if row["check_forward_err"] != "" else nan,
-                             row["check_decode_err"], tolerance)  # fmt: skip
-        row.update(check_tolerance=tolerance, check_passed=int(result.passed))
+        # The timed batch-1 decode step, if its cache holds a check prompt.
+        checker = single if single is not None and single.max_cache_len > args.check_prompt_len else Decoder(
+            model, args.check_prompt_len + 1, 1, compile=args.compile, compile_mode=args.compile_mode,
+            compile_backend=args.compile_backend)  # fmt: skip
+        variant_facts["check_decode_err"] = relative_error(references[0],
+                                                           checker.teacher_forced_logits(check_tokens[0]))
+        result = CheckResult(variant.density, common.get("check_forward_err", nan),
+                             variant_facts["check_decode_err"], tolerance)  # fmt: skip
+        variant_facts.update(check_tolerance=tolerance, check_passed=int(result.passed))
+        del checker
     if args.profile:
         stage("profile")
+        profiler_decoder = single or next(iter(decoders.values()))
         steps = min(args.profile_steps, args.new_tokens)
+        prompt = random_tokens(profiler_decoder.batch, min(args.prompt_lens), config.vocab_size, device, args.seed,
+                               "profile")  # fmt: skip
         trace_path = os.path.join(out_dir, f"profile-{variant.label}.json")
-        breakdown = profile_decode(decoder, prompt, steps, trace_path)
+        breakdown = profile_decode(profiler_decoder, prompt, steps, trace_path)
         for category, share in breakdown_fractions(breakdown).items():
-            row[PROFILE_COLUMNS[category]] = share
-        title = (f"Profile of {variant.label} ({args.config}, {args.dtype}, {env['gpu']}, compile: {row['compile']}, "
-                 f"torch {env['torch']}, transformers {env['transformers']}, {env['date']})")  # fmt: skip
+            variant_facts[PROFILE_COLUMNS[category]] = share
+        step_ms = next((row["ms_per_token"] for row in rows if row["batch"] == profiler_decoder.batch), None)
+        title = (f"Profile of {variant.label} ({args.config}, {args.dtype}, batch {profiler_decoder.batch}, "
+                 f"{env['gpu']}, compile: {common['compile']}, torch {env['torch']}, transformers "
+                 f"{env['transformers']}, {env['date']})")  # fmt: skip
         with open(os.path.join(out_dir, f"profile-{variant.label}.txt"), "w") as text_file:
-            text_file.write(format_profile(breakdown, steps, title, row["ms_per_token"]))
+            text_file.write(format_profile(breakdown, steps, title, step_ms))
 
     stage("release")
-    del decoder, model, references, check_tokens
+    del decoders, single, model, references, check_tokens
     release_memory(device)
-    return row
+    return [{**row, **variant_facts} for row in rows]
 
 
 # --------------------------------------------------------------------------
 # Command line
 
 
-def parse_densities(text):
-    try:
-        densities = [float(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"densities are comma-separated numbers, got {text!r}") from None
-    if not densities or not all(0.0 < density <= 1.0 for density in densities):
-        raise argparse.ArgumentTypeError(f"densities must lie in (0, 1], got {text!r}")
-    return densities
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
+parse_densities = records.comma_list(float, lambda d: 0.0 < d <= 1.0, "densities must lie in (0, 1]")
+parse_positive_ints = records.comma_list(int, lambda n: n >= 1, "values must be whole numbers >= 1")
+positive_int = records.positive_int
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m macko_spmv e2e",
-        description="Decode tokens/s, memory and conversion time of a Llama-2-7B-shaped model (random weights), "
-        "dense and pruned + converted to MACKO at several densities, with a static KV cache under torch.compile.",
+        description="Time to first token, decode tokens/s, total generation time, memory and conversion time of "
+        "a Llama-2-7B-shaped model (random weights), dense and pruned + converted to MACKO, with a static KV "
+        "cache under torch.compile.",
     )
     parser.add_argument("--config", choices=list(CONFIGS), default="llama2-7b",
                         help="model shapes: llama2-7b (default), llama2-7b-4layers (quick GPU check), tiny (CPU/CI)")
@@ -754,13 +790,20 @@ def build_parser():
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,
                         help="weights and activations (default float16 on cuda, float32 on cpu)")
     parser.add_argument("--densities", type=parse_densities, default=list(DEFAULT_DENSITIES),
-                        help="comma-separated fractions of weights kept per row (default 0.7,0.5,0.3,0.1)")
+                        help="comma-separated fractions of weights kept per row (default 0.5,0.1)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense (unpruned) variant")
+    parser.add_argument("--prompt-lens", type=parse_positive_ints, default=list(DEFAULT_PROMPT_LENS),
+                        help="comma-separated prompt lengths in tokens, each at batch 1 (default 128,512,2048)")
+    parser.add_argument("--batches", type=parse_positive_ints, default=list(DEFAULT_BATCHES),
+                        help="comma-separated batch sizes; those other than 1 run with the shortest prompt "
+                        "(default 1,8)")
+    parser.add_argument("--new-tokens", type=positive_int, default=DEFAULT_NEW_TOKENS,
+                        help=f"tokens generated per sequence (default {DEFAULT_NEW_TOKENS})")
+    parser.add_argument("--cache-per-prompt", action="store_true",
+                        help="a static cache (and a compile) per prompt length instead of one per batch size")
     parser.add_argument("--runs", type=positive_int, default=3,
-                        help="timed generations per variant; the median is kept (default 3)")
-    parser.add_argument("--warmup-runs", type=int, default=1, help="untimed generations after compiling (default 1)")
-    parser.add_argument("--new-tokens", type=positive_int, default=128, help="tokens decoded per generation")
-    parser.add_argument("--prompt-len", type=positive_int, default=32, help="random prompt tokens (default 32)")
+                        help="timed generations per scenario; the median is kept (default 3)")
+    parser.add_argument("--warmup-runs", type=int, default=1, help="untimed generations per scenario (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and prompts")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="decode eagerly (no torch.compile, no CUDA graphs)")
@@ -771,44 +814,26 @@ def build_parser():
     parser.add_argument("--check", action="store_true",
                         help="compare logits of the MACKO model and the dense pruned model (and of the decode path)")
     parser.add_argument("--check-prompts", type=positive_int, default=2, help="random prompts for --check")
+    parser.add_argument("--check-prompt-len", type=positive_int, default=32, help="tokens per --check prompt")
     parser.add_argument("--check-tolerance", type=float, default=None,
                         help="largest max|a-b|/max|a| allowed (default 1e-4 float32, 1e-2 float16/bfloat16)")
     parser.add_argument("--profile", action="store_true",
-                        help="profile decode steps with torch.profiler; writes profile-<variant>.txt/.json")
+                        help="profile batch-1 decode steps with torch.profiler; writes profile-<variant>.txt/.json")
     parser.add_argument("--profile-steps", type=positive_int, default=5, help="decode steps to profile")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/e2e-<gpu>-<date>)")
     parser.add_argument("--append", action="store_true",
                         help="add rows to an existing results.csv in --out (split a sweep over several commands)")
-    parser.add_argument("--no-plot", action="store_true", help="write the CSV only")
+    parser.add_argument("--no-plot", action="store_true", help="no PNGs (the CSV and summary.md only)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--plot-only", metavar="DIR", default=None,
                         help="only redraw the plots and summary.md from DIR/results.csv")
-    return parser
+    return parser  # fmt: skip
 
 
 def environment(device):
     import transformers
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {
-        "gpu": name,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda or "none",
-        "transformers": transformers.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
-    }
-
-
-def equivalent_command(argv):
-    return shlex.join(["python", "-m", "macko_spmv", "e2e", *argv])
-
-
-
-
-def csv_value(value):
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6g}"
-    return value
+    return {**records.environment(device), "transformers": transformers.__version__}
 
 
 def main(argv=None):
@@ -816,7 +841,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.plot_only:
-        for path in plot(args.plot_only):
+        for path in plots.plot_e2e(args.plot_only):
             print(path)
         return 0
     if args.warmup_runs < 0:
@@ -824,52 +849,41 @@ def main(argv=None):
     try:
         import transformers  # noqa: F401
     except ImportError:
-        raise SystemExit("the e2e benchmark needs transformers: pip install transformers") from None
+        raise SystemExit("the e2e benchmark needs transformers: pip install macko-spmv[bench]") from None
 
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("no CUDA device is available; pass --device cpu --config tiny for a smoke test")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise SystemExit(f"--device must be cuda or cpu, got {args.device!r}")
+    device = records.select_device(args.device, "pass --device cpu --config tiny for a smoke test")
     args.dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
     dtype = DTYPES[args.dtype]
     torch.manual_seed(args.seed)
+    config = make_config(args.config)
+    longest = max(length for _, length in scenarios(args.batches, args.prompt_lens)) + args.new_tokens + 1
+    if longest > config.max_position_embeddings:
+        raise SystemExit(f"prompt + new tokens + 1 = {longest} exceeds {args.config}'s "
+                         f"{config.max_position_embeddings} positions")  # fmt: skip
 
     env = environment(device)
-    out_dir = args.out or os.path.join("benchmarks", "results", f"e2e-{slug(env['gpu'])}-{env['date']}")
+    out_dir = args.out or records.default_out_dir("e2e-", env)
     os.makedirs(out_dir, exist_ok=True)
-    csv_path, meta_path = os.path.join(out_dir, "results.csv"), os.path.join(out_dir, "meta.json")
-    config = make_config(args.config)
-
+    meta_path = os.path.join(out_dir, "meta.json")
     variants = ([] if args.no_dense else [Variant("dense", 1.0)]) + [Variant("macko", d) for d in args.densities]
     if not variants:
         raise SystemExit("nothing to run: --no-dense and no densities")
 
-    meta = read_meta(out_dir) if args.append else {}
-    command = equivalent_command(argv)
-    meta.update({
-        key: meta.get(key, value) for key, value in {
-            "gpu": env["gpu"], "device": str(device), "torch": env["torch"], "cuda": env["cuda"],
-            "transformers": env["transformers"], "driver": nvidia_driver_version() if device.type == "cuda" else None,
-            "macko_spmv": macko_spmv.__version__, "macko_spmv_build": macko_spmv.ops.build_info(),
-            "python": platform.python_version(), "date": env["date"],
-            "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": command,
-        }.items()
-    })  # fmt: skip
+    meta = records.read_meta(out_dir) if args.append else {}
+    command = records.equivalent_command("e2e", argv)
+    for key, value in {**env, **records.run_facts(device), "command": command}.items():
+        meta.setdefault(key, value)
     meta.setdefault("commands", []).append(command)
     meta.setdefault("process_argv", []).append(sys.argv)
     meta.setdefault("settings", []).append({
         "config": args.config, "llama_config": {key: getattr(config, key) for key in (*CONFIGS[args.config],
                                                                                          *COMMON_CONFIG)},
         "dtype": args.dtype, "variants": [variant.label for variant in variants], "runs": args.runs,
-        "warmup_runs": args.warmup_runs, "new_tokens": args.new_tokens, "prompt_len": args.prompt_len,
-        "batch": 1, "seed": args.seed, "compile": args.compile, "compile_mode": args.compile_mode,
-        "compile_backend": args.compile_backend, "check": args.check, "profile": args.profile,
+        "warmup_runs": args.warmup_runs, "new_tokens": args.new_tokens, "prompt_lens": args.prompt_lens,
+        "batches": args.batches, "scenarios": scenarios(args.batches, args.prompt_lens),
+        "cache_per_prompt": args.cache_per_prompt, "seed": args.seed, "compile": args.compile,
+        "compile_mode": args.compile_mode, "compile_backend": args.compile_backend, "check": args.check,
+        "profile": args.profile,
     })  # fmt: skip
     for key in ("gpu", "torch", "transformers"):
         if meta[key] != env[key]:
@@ -877,252 +891,34 @@ def main(argv=None):
                   file=sys.stderr)  # fmt: skip
     meta["memory"] = MEMORY_APPROACH
     meta["method"] = (__doc__ or "").partition("The method:")[2].strip()
-    write_json(meta_path, meta)
+    records.write_json(meta_path, meta)
 
     print(f"device: {env['gpu']}; torch {env['torch']}, CUDA {env['cuda']}, transformers {env['transformers']}; "
-          f"{args.config} {args.dtype}; variants: {', '.join(v.label for v in variants)}", file=sys.stderr)  # fmt: skip
+          f"{args.config} {args.dtype}; variants: {', '.join(v.label for v in variants)}; scenarios (batch, prompt): "
+          f"{scenarios(args.batches, args.prompt_lens)}", file=sys.stderr)  # fmt: skip
     from tqdm import tqdm
 
-    appending = args.append and os.path.exists(csv_path)
-    if appending:
-        with open(csv_path, newline="") as existing:
-            header = next(csv.reader(existing), None)
-        if header != list(CSV_COLUMNS):
-            raise SystemExit(f"{csv_path} has other columns than this version writes; use another --out")
-    rows, failed = [], []
-    with open(csv_path, "a" if appending else "w", newline="") as csv_file:
-        writer = csv.DictWriter(csv_file, fieldnames=CSV_COLUMNS)
-        if not appending:
-            writer.writeheader()
+    failed = []
+    with tables.ResultsWriter(os.path.join(out_dir, "results.csv"), tables.E2E_COLUMNS, append=args.append) as writer:
         with tqdm(variants, desc="e2e", unit="variant", disable=not args.progress) as bar:
             for variant in bar:
                 def stage(text, variant=variant):
                     bar.set_postfix_str(f"{variant.label}: {text}")
 
-                row = run_variant(args, variant, config, device, dtype, env, out_dir, stage)
-                writer.writerow({key: csv_value(value) for key, value in row.items()})
-                csv_file.flush()
-                rows.append(row)
-                if args.check and not row["check_passed"]:
+                rows = run_variant(args, variant, config, device, dtype, env, out_dir, stage)
+                for row in rows:
+                    writer.write(row)
+                if args.check and not rows[0]["check_passed"]:
                     failed.append(variant.label)
-                    bar.write(f"CHECK FAILED: {variant.label}: forward error {row['check_forward_err']}, decode error "
-                              f"{row['check_decode_err']} > tolerance {row['check_tolerance']:g}")  # fmt: skip
+                    bar.write(f"CHECK FAILED: {variant.label}: forward error {rows[0].get('check_forward_err')}, "
+                              f"decode error {rows[0]['check_decode_err']} > tolerance "
+                              f"{rows[0]['check_tolerance']:g}")  # fmt: skip
 
-    meta["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    write_json(meta_path, meta)
-    print(format_table(read_results(out_dir)))
-    if not args.no_plot:
-        plot(out_dir)
-    print(f"results in {out_dir}", file=sys.stderr)
+    plots.finish_run(out_dir, meta, "e2e", draw=not args.no_plot)
     if failed:
         print(f"the logits check failed for: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
-
-
-# --------------------------------------------------------------------------
-# Reporting: everything below reads the saved CSV, never the live numbers.
-
-TEXT_COLUMNS = {"gpu", "torch", "cuda", "transformers", "date", "config", "dtype", "variant", "compile"}
-
-
-def read_results(results_dir):
-    """The rows of DIR/results.csv, numbers as floats (NaN where empty)."""
-    rows = []
-    with open(os.path.join(results_dir, "results.csv"), newline="") as csv_file:
-        for record in csv.DictReader(csv_file):
-            row = {}
-            for column, text in record.items():
-                if column in TEXT_COLUMNS:
-                    row[column] = text
-                else:
-                    row[column] = float(text) if text not in ("", None) else math.nan
-            rows.append(row)
-    return rows
-
-
-
-
-def group_key(row):
-    """Rows measured alike (same model, dtype, decode settings) share a key;
-    a variant's speedup is over the dense row with its key."""
-    return (row["gpu"], row["config"], row["dtype"], row["compile"], row["prompt_len"], row["new_tokens"])
-
-
-def with_speedups(results):
-    """The rows with speedup = tokens/s over the dense row of their group."""
-    dense = {group_key(row): row["tokens_per_s"] for row in results if row["variant"] == "dense"}
-    out = []
-    for row in results:
-        base = dense.get(group_key(row), math.nan)
-        out.append({**row, "speedup": row["tokens_per_s"] / base if base and math.isfinite(base) else math.nan})
-    return out
-
-
-def finite_max(*values):
-    """The largest non-NaN value (NaN when all are NaN)."""
-    values = [value for value in values if not math.isnan(value)]
-    return max(values) if values else math.nan
-
-
-def gib(value):
-    return value / 2**30 if math.isfinite(value) else math.nan
-
-
-TABLE_COLUMNS = (
-    # (heading, function of a row, format)
-    ("config", lambda row: row["config"], ""),
-    ("dtype", lambda row: row["dtype"], ""),
-    ("variant", lambda row: row["variant"], ""),
-    ("density", lambda row: row["density"], "g"),
-    ("tok/s", lambda row: row["tokens_per_s"], ".1f"),
-    ("ms/tok", lambda row: row["ms_per_token"], ".2f"),
-    ("vs dense", lambda row: row["speedup"], ".2f"),
-    ("peak GiB", lambda row: gib(row["peak_decode_bytes"]), ".2f"),
-    ("weights GiB", lambda row: gib(row["weight_bytes"]), ".2f"),
-    ("convert s", lambda row: row["conversion_s"], ".2f"),
-    ("compile s", lambda row: row["compile_s"], ".1f"),
-    ("check err", lambda row: finite_max(row["check_forward_err"], row["check_decode_err"]), ".2e"),
-)  # fmt: skip
-
-
-def table_cells(row):
-    cells = []
-    for _, value_of, spec in TABLE_COLUMNS:
-        value = value_of(row)
-        cells.append(value if isinstance(value, str) else ("n/a" if not math.isfinite(value) else format(value, spec)))
-    return cells
-
-
-def format_table(results):
-    """The rows (from read_results) as an aligned plain-text table."""
-    headings = [heading for heading, _, _ in TABLE_COLUMNS]
-    lines = [table_cells(row) for row in with_speedups(results)]
-    widths = [max(len(cell) for cell in column) for column in zip(headings, *lines)]
-    render = lambda cells: "  ".join(cell.rjust(width) for cell, width in zip(cells, widths))  # noqa: E731
-    return "\n".join([render(headings), render(["-" * width for width in widths]), *map(render, lines)])
-
-
-def write_summary(results_dir):
-    """DIR/summary.md: the table with the command, GPU, versions and date."""
-    results = read_results(results_dir)
-    meta = read_meta(results_dir)
-    first = results[0] if results else {}
-
-    def fact(key):
-        return meta.get(key) or first.get(key, "?")
-
-    lines = [f"## End-to-end decoding on {fact('gpu')}", ""]
-    for command in meta.get("commands", []):
-        lines.append(f"- Command: `{command}`")
-    driver = f", driver {meta['driver']}" if meta.get("driver") else ""
-    lines += [
-        f"- GPU: {fact('gpu')}{driver}",
-        f"- torch {fact('torch')}, CUDA {fact('cuda')}, transformers {fact('transformers')}",
-        f"- Date: {fact('date')}",
-        "- Batch 1, greedy decoding with a static KV cache; tokens/s is the median of the timed runs (prefill "
-        "excluded); peak = torch.cuda.max_memory_allocated during compile, warm-up and timed decoding; "
-        "dense = the unpruned model; macko = decoder linear layers pruned per row to the density and converted "
-        "with sparsify (lm_head and embeddings dense).",
-        "",
-    ]
-    headings = [heading for heading, _, _ in TABLE_COLUMNS]
-    lines.append("| " + " | ".join(headings) + " |")
-    lines.append("| " + " | ".join("---" for _ in headings) + " |")
-    for row in with_speedups(results):
-        lines.append("| " + " | ".join(table_cells(row)) + " |")
-    path = os.path.join(results_dir, "summary.md")
-    with open(path, "w") as file:
-        file.write("\n".join(lines) + "\n")
-    return path
-
-
-def plot(results_dir):
-    """Draws e2e_tokens_per_s.png (tokens/s against density) and
-    e2e_memory.png (peak memory and weight bytes against density) from
-    DIR/results.csv, and writes DIR/summary.md. Returns the paths written;
-    without matplotlib only summary.md."""
-    written = [write_summary(results_dir)]
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        print("matplotlib is not installed (pip install macko-spmv[bench]); skipping the plots", file=sys.stderr)
-        return written
-    results = with_speedups(read_results(results_dir))
-    if not results:
-        return written
-    groups = unique(group_key(row) for row in results)
-    colors = {group: f"C{index % 10}" for index, group in enumerate(groups)}
-
-    def label(group):
-        _, config, dtype, compile_mode, _, _ = group
-        return f"{config} {dtype}, compile: {compile_mode}"
-
-    def caption(figure):
-        first = results[0]
-        set_caption(figure, f"{first['gpu']}, torch {first['torch']}, CUDA {first['cuda']}, transformers "
-                            f"{first['transformers']}, {first['date']}; batch 1, static KV cache, "
-                            f"{first['new_tokens']:.0f} new tokens", fontsize=8)  # fmt: skip
-
-    def new_figure():
-        figure = Figure(figsize=(7, 5), layout="constrained")
-        FigureCanvasAgg(figure)  # renders to PNG without a display or pyplot's global state
-        return figure, figure.subplots()
-
-    def save(figure, name):
-        path = os.path.join(results_dir, name)
-        figure.savefig(path, dpi=120)
-        written.append(path)
-
-    figure, axis = new_figure()
-    for group in groups:
-        rows = [row for row in results if group_key(row) == group]
-        sparse = sorted((row["density"], row["tokens_per_s"]) for row in rows if row["variant"] == "macko")
-        if sparse:
-            axis.plot(*zip(*sparse), "o-", color=colors[group], label=f"MACKO, {label(group)}")
-            for density, rate in sparse:
-                speedup = next((row["speedup"] for row in rows
-                                if row["variant"] == "macko" and row["density"] == density), math.nan)  # fmt: skip
-                if math.isfinite(speedup):
-                    axis.annotate(f"{speedup:.2f}x", (density, rate), textcoords="offset points", xytext=(4, 6),
-                                  fontsize=7, color=colors[group])  # fmt: skip
-        for row in rows:
-            if row["variant"] == "dense":
-                axis.axhline(row["tokens_per_s"], color=colors[group], linestyle="--",
-                             label=f"dense (unpruned), {label(group)}")  # fmt: skip
-    axis.set_xlim(0, 1.02)
-    axis.set_xlabel("density (fraction of decoder linear weights kept)")
-    axis.set_ylabel("decode tokens/s (median)")
-    axis.set_title("Decode throughput against density")
-    axis.set_ylim(bottom=0)
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=7)
-    caption(figure)
-    save(figure, "e2e_tokens_per_s.png")
-
-    figure, axis = new_figure()
-    for group in groups:
-        rows = [row for row in results if group_key(row) == group]
-        for column, style, what in (("peak_decode_bytes", "o-", "peak"), ("weight_bytes", "s:", "weights")):
-            sparse = sorted((row["density"], gib(row[column])) for row in rows
-                            if row["variant"] == "macko" and math.isfinite(row[column]))  # fmt: skip
-            if sparse:
-                axis.plot(*zip(*sparse), style, color=colors[group], label=f"MACKO {what}, {label(group)}")
-            for row in rows:
-                if row["variant"] == "dense" and math.isfinite(row[column]):
-                    axis.axhline(gib(row[column]), color=colors[group], linestyle="--" if what == "peak" else ":",
-                                 alpha=0.7, label=f"dense {what}, {label(group)}")  # fmt: skip
-    axis.set_xlim(0, 1.02)
-    axis.set_xlabel("density (fraction of decoder linear weights kept)")
-    axis.set_ylabel("GiB")
-    axis.set_title("Peak GPU memory while decoding, and model weights")
-    axis.set_ylim(bottom=0)
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=7)
-    caption(figure)
-    save(figure, "e2e_memory.png")
-    return written
 
 
 if __name__ == "__main__":
