@@ -58,7 +58,8 @@ except ImportError:
     # Run from a checkout with the extension built in place (not installed).
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import macko_spmv
-from macko_spmv.bench import cpu_name, read_meta, set_caption, write_json
+from macko_spmv.bench.plots import set_caption
+from macko_spmv.bench.records import cpu_name, read_meta, write_json
 
 SENTENCES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prune_sentences.json")
 DEFAULT_DENSITIES = (0.7, 0.5, 0.3)

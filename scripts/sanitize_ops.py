@@ -2,10 +2,10 @@
 
 Run by scripts/gpu_check.sh as
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python scripts/sanitize_ops.py
-Covers each dtype, both row-pointer widths, every kernel batch width, both
-routes of multiply (the streaming kernel, and decompress + cuBLAS a slab at
-a time), odd shapes, empty rows, and corrupted arrays that bypass
-validation.
+Covers each dtype, both row-pointer widths, every kernel batch width, every
+route of multiply (the streaming kernel, the tile kernel, and decompress +
+cuBLAS a slab at a time), odd shapes, empty rows, and corrupted arrays that
+bypass validation.
 """
 
 import os

@@ -14,28 +14,28 @@ import sys
 import torch
 
 import macko_spmv
-from macko_spmv import bench
+from macko_spmv.bench import matrices, spmv, tables, timing
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
-    parser.add_argument("--shapes", type=bench.parse_shapes, default=[(4096, 4096), (11008, 4096), (8192, 8192), (28672, 8192)])
-    parser.add_argument("--densities", type=bench.parse_densities, default=[1.0, 0.5, 0.1])
+    parser.add_argument("--shapes", type=spmv.parse_shapes, default=[(4096, 4096), (11008, 4096), (8192, 8192), (28672, 8192)])
+    parser.add_argument("--densities", type=spmv.parse_densities, default=[1.0, 0.5, 0.1])
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args(argv)
     device = torch.device("cuda")
-    timer = bench.CudaTimer(device, args.repeats, 5)
-    read_GBps, copy_GBps = bench.measure_peak_bandwidth(timer, 1 << 30, device, 0)
+    timer = timing.FlushedCudaTimer(device, args.repeats, 5)
+    read_GBps, copy_GBps = spmv.measure_peak_bandwidth(timer, 1 << 30, device, 0)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; peak read {read_GBps:.0f} GB/s, copy {copy_GBps:.0f} GB/s")
     print("shape,density,dtype,decompress_us,bytes,GBps,fraction_of_copy")
     for rows, cols in args.shapes:
         for density in args.densities:
-            W = bench.random_sparse_matrix(rows, cols, density, torch.float16, device, 1)
+            W = matrices.random_pruned(rows, cols, density, torch.float16, matrices.seeded_generator(1, device))
             A = macko_spmv.compress(W)
             assert torch.equal(macko_spmv.decompress(A), W)
             us = timer.median_us(lambda: macko_spmv.decompress(A))
             moved = A.nbytes + W.numel() * W.element_size()
-            rate = bench.gb_per_s(moved, us)
+            rate = tables.gb_per_s(moved, us)
             print(f"{rows}x{cols},{density},float16,{us:.1f},{moved},{rate:.0f},{rate / copy_GBps:.3f}")
             del W, A
     return 0

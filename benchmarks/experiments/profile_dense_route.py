@@ -10,7 +10,7 @@ import sys
 import torch
 
 import macko_spmv
-from macko_spmv import bench
+from macko_spmv.bench import matrices
 
 CASES = [((8192, 8192), 0.5, 16), ((8192, 8192), 0.1, 16), ((4096, 4096), 0.5, 128), ((11008, 4096), 0.1, 16)]
 
@@ -19,7 +19,7 @@ def main():
     os.environ["MACKO_MULTIPLY_ROUTE"] = "dense"
     device = torch.device("cuda")
     for (rows, cols), density, batch in CASES:
-        W = bench.random_sparse_matrix(rows, cols, density, torch.float16, device, 1)
+        W = matrices.random_pruned(rows, cols, density, torch.float16, matrices.seeded_generator(1, device))
         A = macko_spmv.compress(W)
         x = torch.randn(batch, cols, device=device, dtype=torch.float16)
         for _ in range(3):
