@@ -93,14 +93,15 @@ def test_matrix_properties(device, gen):
 def test_to_takes_the_arguments_of_tensor_to(device, gen):
     M = random_pruned(20, 70, 0.3, torch.float32, gen).to(device)
     A = macko_spmv.compress(M)
-    for B, dtype in [
-        (A.to(torch.float16), torch.float16),                            # positional dtype
-        (A.to("cpu", torch.bfloat16), torch.bfloat16),                   # device and dtype
-        (A.to(torch.empty(0, dtype=torch.float16)), torch.float16),      # another tensor's
-        (A.to(device=torch.device("cpu"), non_blocking=True), torch.float32),
-        (A.to("cpu", copy=True), torch.float32),
+    cpu = torch.device("cpu")
+    for B, dtype, where in [
+        (A.to(torch.float16), torch.float16, A.device),                  # positional dtype: stays
+        (A.to("cpu", torch.bfloat16), torch.bfloat16, cpu),              # device and dtype
+        (A.to(torch.empty(0, dtype=torch.float16)), torch.float16, cpu),  # another tensor's
+        (A.to(device=cpu, non_blocking=True), torch.float32, cpu),
+        (A.to("cpu", copy=True), torch.float32, cpu),
     ]:  # fmt: skip
-        assert isinstance(B, macko_spmv.MackoMatrix) and B.dtype == dtype and B.device == torch.device("cpu")
+        assert isinstance(B, macko_spmv.MackoMatrix) and B.dtype == dtype and B.device == where
         assert torch.equal(macko_spmv.decompress(B), M.cpu().to(dtype))
     # As Tensor.to: unchanged arrays are shared, unless copy=True.
     same = A.to(device)

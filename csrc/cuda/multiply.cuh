@@ -260,14 +260,19 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
           nibbles[u] = 0;
         }
       }
-      if (step < row_begin || !stage_in_row) {  // warp-uniform: a row's first or last stage
-        // Zero the values outside the row in the (at most two) groups that
-        // straddle its edges; the leading entries' nibbles too.
+      // A row's first or last stage (warp-uniform): its entries in each of
+      // the lane's groups; the values outside the row are zeroed in the (at
+      // most two) groups that straddle its edges, the leading entries'
+      // nibbles too, and add_group gives their x no weight either (one select
+      // per entry in every stage: a second copy of the gather for the edge
+      // stages spilled a register in the 1024-thread kernel).
+      const bool edge_stage = step < row_begin || !stage_in_row;
+      unsigned in_row[kSteps] = {};
+      if (edge_stage) {
 #pragma unroll
         for (int u = 0; u < kSteps; ++u) {
-          if (first[u] < row_begin || (first[u] < row_end && row_end < first[u] + kGroup)) {
-            group[u].keep(group_row_mask(first[u], row_begin, row_end));
-          }
+          in_row[u] = group_row_mask(first[u], row_begin, row_end);
+          if (first[u] < row_begin || (first[u] < row_end && row_end < first[u] + kGroup)) group[u].keep(in_row[u]);
         }
         if (lane == 0 && step < row_begin) nibbles[0] &= ~0u << (4 * (row_begin - step));
       }
@@ -284,7 +289,7 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
 #pragma unroll
       for (int u = 0; u < kSteps; ++u) {
         if (u == 0 || step + u * kWarpStepEntries < row_end) {  // warp-uniform
-          dot.add_group(group[u], steps[u], base[u], x, last_col);
+          dot.add_group(group[u], steps[u], base[u], x, last_col, edge_stage ? in_row[u] : 0xFFu);
         }
       }
 

@@ -32,14 +32,21 @@ __device__ __forceinline__ void load_x(const scalar_t* x_t, unsigned col, float 
 
 // acc[b] += the lane's 8 values x their gathered x (right-hand side b), in
 // fp32 FMAs. Entries outside the row have value 0 here; the clamp keeps
-// their columns, and a corrupted stream's, inside x.
+// their columns, and a corrupted stream's, inside x. The x of entries whose
+// bit in `in_row` is clear counts as 0 too, so that an inf or NaN in x at
+// their (a neighbour row's, or clamped) column does not make 0 * inf = NaN
+// in this row.
 template <typename scalar_t, int kBatch>
 __device__ __forceinline__ void fma_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
-                                          unsigned base, const scalar_t* x, unsigned last_col,
+                                          unsigned base, const scalar_t* x, unsigned last_col, unsigned in_row,
                                           float (&acc)[kBatch]) {
   for_each_column(steps, base, [&](int j, unsigned col) {
     float xv[kBatch];
     load_x<scalar_t, kBatch>(x, min(col, last_col), xv);
+    if (!((in_row >> j) & 1u)) {
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) xv[b] = 0.0f;
+    }
     const float v = group[j];
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) acc[b] = fmaf(v, xv[b], acc[b]);
@@ -56,9 +63,11 @@ struct RowDot {
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) acc[b] = 0.0f;
   }
+  // in_row: the group's entries that belong to the row (the others get no
+  // weight, see fma_group).
   __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
-                                            unsigned base, const scalar_t* x, unsigned last_col) {
-    fma_group(group, steps, base, x, last_col, acc);
+                                            unsigned base, const scalar_t* x, unsigned last_col, unsigned in_row) {
+    fma_group(group, steps, base, x, last_col, in_row, acc);
   }
   // The warp's sum for right-hand side b (in every lane).
   __device__ __forceinline__ float total(int b, int /*lane*/) const { return warp_sum(acc[b]); }
@@ -106,16 +115,20 @@ struct RowDot<scalar_t, 1, true> {
     for (int i = 0; i < 4; ++i) low[i] = high[i] = 0.0f;
   }
 
+  // in_row: the group's entries that belong to the row (the others get no
+  // weight, see fma_group).
   __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
-                                            unsigned base, const scalar_t* x, unsigned last_col) {
+                                            unsigned base, const scalar_t* x, unsigned last_col, unsigned in_row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     float acc[1] = {low[0]};
-    fma_group(group, steps, base, x, last_col, acc);
+    fma_group(group, steps, base, x, last_col, in_row, acc);
     low[0] = acc[0];
 #else
     const unsigned short* x_bits = reinterpret_cast<const unsigned short*>(x);
     uint32_t xs[kGroupEntries];
-    for_each_column(steps, base, [&](int j, unsigned col) { xs[j] = x_bits[min(col, last_col)]; });
+    for_each_column(steps, base, [&](int j, unsigned col) {
+      xs[j] = (in_row >> j) & 1u ? x_bits[min(col, last_col)] : 0u;
+    });
     const uint32_t a[4] = {__byte_perm(xs[0], xs[1], 0x5410), __byte_perm(xs[4], xs[5], 0x5410),
                            __byte_perm(xs[2], xs[3], 0x5410), __byte_perm(xs[6], xs[7], 0x5410)};
     const uint4 v = group.words[0];  // entries (0, 1), (2, 3), (4, 5), (6, 7) as pairs
@@ -184,18 +197,26 @@ struct RowDot<scalar_t, kBatch, true> {
     }
   }
 
+  // in_row: the group's entries that belong to the row (the others get no
+  // weight, see fma_group).
   __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
-                                            unsigned base, const scalar_t* x, unsigned last_col) {
+                                            unsigned base, const scalar_t* x, unsigned last_col, unsigned in_row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     float sums[kBatch];
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) sums[b] = acc[b / 2][b % 2];
-    fma_group(group, steps, base, x, last_col, sums);
+    fma_group(group, steps, base, x, last_col, in_row, sums);
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) acc[b / 2][b % 2] = sums[b];
 #else
     uint32_t xs[kGroupEntries][kPairs];
-    for_each_column(steps, base, [&](int j, unsigned col) { load_x_pairs<kBatch>(x, min(col, last_col), xs[j]); });
+    for_each_column(steps, base, [&](int j, unsigned col) {
+      load_x_pairs<kBatch>(x, min(col, last_col), xs[j]);
+      if (!((in_row >> j) & 1u)) {
+#pragma unroll
+        for (int p = 0; p < kPairs; ++p) xs[j][p] = 0u;
+      }
+    });
     const uint4 v = group.words[0];  // entries (0, 1), (2, 3), (4, 5), (6, 7) as pairs
 #pragma unroll
     for (int p = 0; p < kPairs; ++p) {
