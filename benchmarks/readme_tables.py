@@ -1,65 +1,99 @@
 """Prints the README's results tables from the saved CSVs (never by hand).
 
-    python benchmarks/readme_tables.py benchmarks/results/h100-2026-11-25
+    python benchmarks/readme_tables.py benchmarks/results/h200-2026-12-01
 
-Reads DIR/spmv, DIR/batch and DIR/e2e (the folders scripts/gpu_check.sh
-writes) through macko_spmv.bench.tables; the flushed timing.
+Reads DIR/spmv, DIR/batch and DIR/e2e (the folders of one GPU session)
+through macko_spmv.bench.tables. Runs that recorded the back-to-back (CUDA
+graph) timing get it beside the flushed one, as "flushed / graph".
 """
 
+import math
 import os
 import sys
 
 try:
-    from macko_spmv.bench.tables import (Column, markdown_table, read_e2e_results, read_spmv_results)
+    from macko_spmv.bench.tables import Column, markdown_table, read_e2e_results, read_spmv_results
 except ImportError:  # run from a checkout with the extension built in place
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from macko_spmv.bench.tables import (Column, markdown_table, read_e2e_results, read_spmv_results)
+    from macko_spmv.bench.tables import Column, markdown_table, read_e2e_results, read_spmv_results
 
-SHAPES = ["4096x4096", "8192x8192", "28672x8192", "8192x28672"]
-DENSITIES = [1.0, 0.8, 0.5, 0.2, 0.1, 0.05]
+SHAPES = ["4096x4096", "11008x4096", "4096x11008", "8192x8192", "28672x8192", "8192x28672"]
+DENSITIES = [1.0, 0.8, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05]
 
 
 def times(value):
-    return f"{value:.2f}x"
+    return f"{value:.2f}x" if math.isfinite(value) else "n/a"
+
+
+def has_graph(rows):
+    return any(math.isfinite(row.get("macko_graph_us", math.nan)) for row in rows)
+
+
+def both(row, flushed, graph, render):
+    """'flushed / graph' where the run has the graph timing, else flushed."""
+    value = render(row[flushed])
+    return f"{value} / {render(row[graph])}" if math.isfinite(row.get(graph, math.nan)) else value
 
 
 def spmv_table(results_dir):
     rows = {(row["shape"], row["density"]): row for row in read_spmv_results(os.path.join(results_dir, "spmv"))
             if row["dtype"] == "float16" and row["batch"] == 1}  # fmt: skip
-    peak = next(iter(rows.values()))["peak_read_GBps"]
-    print(f"fp16, one vector, L2 flushed, medians; peak read bandwidth in the same run {peak / 1000:.2f} TB/s.\n")
+    first = next(iter(rows.values()))
+    timing = "L2 flushed / back to back in a CUDA graph" if has_graph(rows.values()) else "L2 flushed"
+    print(f"fp16, one vector, {timing}, medians; peak read bandwidth in the same run "
+          f"{first['peak_read_GBps'] / 1000:.2f} TB/s.\n")  # fmt: skip
+    us = lambda value: f"{value:.1f}"  # noqa: E731
     columns = [Column("shape", "shape"), Column("density", lambda row: str(row["density"])),
-               Column("MACKO us", "macko_us", ".1f"),
-               Column("cuBLAS us", "cublas_us", ".1f"), Column("cuSPARSE us", "cusparse_us", ".1f"),
-               Column("vs cuBLAS", lambda row: times(row["speedup_cublas"])),
+               Column("MACKO us", lambda row: both(row, "macko_us", "macko_graph_us", us)),
+               Column("cuBLAS us", lambda row: both(row, "cublas_us", "cublas_graph_us", us)),
+               Column("vs cuBLAS", lambda row: both(row, "speedup_cublas", "speedup_cublas_graph", times)),
                Column("vs cuSPARSE", lambda row: times(row["speedup_cusparse"])),
-               Column("roofline", "roofline_fraction", ".0%")]  # fmt: skip
+               Column("roofline", lambda row: both(row, "roofline_fraction", "roofline_fraction_graph",
+                                                   lambda value: f"{value:.0%}"))]  # fmt: skip
     print(markdown_table(columns, [rows[(shape, density)] for shape in SHAPES for density in DENSITIES
                                    if (shape, density) in rows]))  # fmt: skip
 
 
 def batch_table(results_dir):
     rows = [row for row in read_spmv_results(os.path.join(results_dir, "batch")) if row["dtype"] == "float16"]
-    single = {(row["shape"], row["density"]): row["macko_us"] for row in rows if row["batch"] == 1}
-    print("\nfp16 batches (x is [batch, cols]; the kernel reads the matrix once per 8 vectors):\n")
-    columns = [Column("shape", "shape"), Column("density", lambda row: str(row["density"])),
-               Column("batch", "batch", "d"),
-               Column("MACKO us", "macko_us", ".1f"),
-               Column("vs batch 1", lambda row: times(row["macko_us"] / single[(row["shape"], row["density"])])),
-               Column("cuBLAS us", "cublas_us", ".1f"), Column("vs cuBLAS", lambda row: times(row["speedup_cublas"]))]
-    print(markdown_table(columns, rows))
+    batches = sorted({row["batch"] for row in rows})
+    cases = list(dict.fromkeys((row["shape"], row["density"], row["route"]) for row in rows))
+    by_case = {(row["shape"], row["density"], row["route"], row["batch"]): row for row in rows}
+    timing = "flushed / graph" if has_graph(rows) else "flushed"
+    print(f"\nfp16 batches, x [batch, cols], speedup over cuBLAS (`x @ W.T`), {timing}:\n")
+    headings = ["shape", "density", "route"] + [f"batch {batch}" for batch in batches]
+    lines = ["| " + " | ".join(headings) + " |", "| " + " | ".join("---" for _ in headings) + " |"]
+    for shape, density, route in cases:
+        cells = [shape, str(density), route]
+        for batch in batches:
+            row = by_case.get((shape, density, route, batch))
+            cells.append(both(row, "speedup_cublas", "speedup_cublas_graph", times) if row else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    print("\n".join(lines))
 
 
 def e2e_table(results_dir):
     rows = read_e2e_results(os.path.join(results_dir, "e2e"))
-    dense = next(row for row in rows if row["variant"] == "dense")
-    print("\nLlama-2-7B shapes (random weights), fp16, batch 1, static KV cache, "
-          "torch.compile(mode=\"reduce-overhead\"):\n")
-    columns = [Column("variant", "variant"), Column("density", "density", "g"),
-               Column("tokens/s", "tokens_per_s", ".1f"), Column("vs dense", lambda row: times(row["speedup_tokens"])),
-               Column("weight GiB", lambda row: row["weight_bytes"] / 2**30, ".2f"),
-               Column("weights vs dense", lambda row: row["weight_bytes"] / dense["weight_bytes"], ".0%")]
-    print(markdown_table(columns, [row for row in rows if row["batch"] == 1]))
+    print("\nLlama-2-7B shapes (random weights), fp16, static KV cache, decode under "
+          "torch.compile(mode=\"reduce-overhead\"), prefill eager, 128 new tokens:\n")  # fmt: skip
+    dense = {(row["batch"], row["prompt_len"]): row for row in rows if row["variant"] == "dense"}
+
+    def versus(row, column, higher_is_better):
+        base = dense.get((row["batch"], row["prompt_len"]))
+        if base is None:
+            return "n/a"
+        return times(row[column] / base[column] if higher_is_better else base[column] / row[column])
+
+    columns = [Column("variant", "variant"), Column("density", "density", "g"), Column("batch", "batch", ".0f"),
+               Column("prompt", "prompt_len", ".0f"),
+               Column("TTFT ms", "prefill_ms", ".1f"),
+               Column("TTFT vs dense", lambda row: versus(row, "prefill_ms", False)),
+               Column("tokens/s", "tokens_per_s", ".1f"),
+               Column("tokens/s vs dense", lambda row: versus(row, "tokens_per_s", True)),
+               Column("total ms", "total_ms", ".0f"),
+               Column("total vs dense", lambda row: versus(row, "total_ms", False)),
+               Column("weight GiB", lambda row: row["weight_bytes"] / 2**30, ".2f")]  # fmt: skip
+    print(markdown_table(columns, rows))
 
 
 if __name__ == "__main__":
