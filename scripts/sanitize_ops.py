@@ -72,5 +72,10 @@ for pointers in ([-5] * 41, [n + 1000] * 41, [0] + [n] * 40, list(range(40 * 50,
             ops.multiply(*args, x)
             ops.multiply(*args, x[0])
         ops.decompress(*args)
+# No columns, with pointers no validated matrix has: no kernel may run.
+for route in each_route():
+    for x in (torch.ones(0, device="cuda").half(), torch.ones(5, 0, device="cuda").half()):
+        ops.multiply(torch.zeros(8, device="cuda").half(), torch.zeros(4, dtype=torch.uint8, device="cuda"),
+                     torch.tensor([3, 3], dtype=torch.int32, device="cuda"), 1, 0, x)
 torch.cuda.synchronize()
 print("sanitize_ops: all kernels ran")

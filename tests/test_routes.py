@@ -131,3 +131,15 @@ def test_decompress_writes_every_element(dtype, shape, density, gen):
     A = macko_spmv.compress(M)
     poison_allocator(M.device, 4 * M.numel() * M.element_size())
     assert torch.equal(macko_spmv.decompress(A), M)
+
+
+def test_zero_columns_with_unvalidated_pointers(route):
+    """cols = 0 gives zeros on every route, even with row pointers that a
+    validated matrix could not have (no kernel runs: there is no column to
+    clamp x to)."""
+    values = torch.zeros(8, dtype=torch.float16, device="cuda")
+    deltas = torch.zeros(4, dtype=torch.uint8, device="cuda")
+    row_indices = torch.tensor([3, 3], dtype=torch.int32, device="cuda")
+    for x in (torch.ones(0, dtype=torch.float16, device="cuda"), torch.ones(5, 0, dtype=torch.float16, device="cuda")):
+        y = torch.ops.macko_spmv.multiply(values, deltas, row_indices, 1, 0, x)
+        assert torch.equal(y.cpu(), torch.zeros(*x.shape[:-1], 1, dtype=torch.float16))

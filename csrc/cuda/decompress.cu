@@ -32,8 +32,8 @@ constexpr int kDecompressThreads = kDecompressWarps * kWarpSize;
 constexpr int kSegmentBytes = 4096;
 constexpr int kSharedBytes = kDecompressWarps * kSegmentBytes;
 
-// Warp steps whose loads each warp keeps in flight (registers: 5 a step for
-// 16-bit values, 9 for fp32).
+// Warp steps whose loads each warp keeps in flight (registers: 6 a step for
+// 16-bit values, 10 for fp32).
 constexpr int kPrefetchSteps = 4;
 
 // One warp's segment of a dense row in shared memory: columns

@@ -28,10 +28,12 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // Entries one warp covers per step of its walk.
 constexpr int kWarpStepEntries = kWarpSize * static_cast<int>(kGroupEntries);
 
-// Column numbers are 32-bit on the device. A corrupted stream can run a
-// row's column past `cols` by at most one stage of a walk (a few thousand
-// entries x 16) before the walk notices and stops, so `cols` keeps ample
-// headroom below 2^31.
+// Column numbers are 32-bit unsigned on the device. A corrupted stream can
+// run a row's columns past `cols`: decompress and the tile kernel stop such
+// a walk within a warp step (256 entries x 16 columns), and the streaming
+// kernel clamps every column it reads x at (its walk is bounded by the
+// row's length, cols entries, so columns can wrap, harmlessly). `cols`
+// keeps headroom below 2^31 for the walks that stop.
 constexpr int64_t kMaxCols = (int64_t{1} << 31) - (int64_t{1} << 20);
 
 inline void check_cols_fit(int64_t cols) {
@@ -107,7 +109,7 @@ struct GroupValues {
 #pragma unroll
     for (int w = 0; w < kWords; ++w) words[w] = load_streaming(src + w);
   }
-  // The same from shared memory (a ring of the stream, see multiply.cuh).
+  // The same from shared memory (a ring of the stream, warp_ring.cuh).
   __device__ __forceinline__ void load_shared(const scalar_t* group) {
     const uint4* src = reinterpret_cast<const uint4*>(group);
 #pragma unroll

@@ -7,9 +7,11 @@
 //   the route for one vector and small batches.
 // - "tiles": the tile kernel (multiply_tiles.cuh) reads the matrix once per
 //   up to 64 right-hand sides, decodes 16 x 256 tiles into shared memory as
-//   dense and multiplies them on the tensor cores: for batches past the
-//   streaming kernel's. 16-bit values, cols a multiple of 8, sm_80 and
-//   newer; otherwise the stream route runs instead.
+//   dense and multiplies them on the tensor cores. Meant for the batches
+//   past the streaming kernel's, but measured slower than both other routes
+//   so far (benchmarks/NOTES.md, v13g): "auto" does not take it, only
+//   MACKO_MULTIPLY_ROUTE=tiles does. 16-bit values, cols a multiple of 8,
+//   sm_80 and newer; otherwise the stream route runs instead.
 // - "dense": decompress a slab of rows into a dense scratch (decompress.cu)
 //   and multiply the slab with cuBLAS (at::mm_out), slab after slab. Its
 //   time is the dense GEMM's plus the decompress: the route for prompts
@@ -27,6 +29,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <type_traits>
+#include <utility>
 
 #include "decompress.cuh"
 #include "multiply.cuh"
@@ -79,67 +84,105 @@ int kernel_batch(int64_t batch) {
   return width;
 }
 
-// cuBLAS may sum 16-bit products in reduced precision (split-K) when torch
-// allows it, which it does by default. The dense route promises what the
-// kernels do (exact products, fp32 sums), so it disallows that for its own
-// GEMMs and restores torch's setting afterwards. (The setting's getter
-// returns a bool in older torch releases and an enum in newer ones.)
-class FullPrecisionReductions {
+// cuBLAS may compute less precisely than the kernels when torch allows it:
+// split-K partial sums of 16-bit products in fp16/bf16 (allowed by
+// default), fp16 accumulation (torch 2.7 and newer, off by default), TF32
+// products for fp32 (off by default). The dense route promises what the
+// kernels do (exact products, sums in fp32), so it turns these off for its
+// own GEMMs and puts torch's settings back afterwards. The settings are
+// process-wide: dense-route calls hold a lock while they are changed, and a
+// GEMM that another thread runs meanwhile sees them off too (more precise,
+// never less). Their getters and setters differ between torch releases (a
+// bool or an enum; fp16 accumulation absent in older ones), so every call
+// goes through a template parameter and only the matching form is compiled.
+template <typename Option>
+bool allows_reduced(Option option) {
+  if constexpr (std::is_same_v<Option, bool>) {
+    return option;
+  } else {
+    return static_cast<int>(option) == 0;  // AllowReducedPrecisionWithSplitK
+  }
+}
+
+template <typename Option>
+bool allows_split_k(Option option) {
+  if constexpr (std::is_same_v<Option, bool>) {
+    return true;
+  } else {
+    return static_cast<int>(option) != 2;  // 2: DisallowReducedPrecisionDisallowSplitK
+  }
+}
+
+template <typename Option, typename Context>
+void set_fp16_reduction(Context& context, bool reduced, bool split_k) {
+  if constexpr (std::is_same_v<Option, bool>) {
+    context.setAllowFP16ReductionCuBLAS(reduced);
+  } else {
+    context.setAllowFP16ReductionCuBLAS(reduced, split_k);
+  }
+}
+
+template <typename Option, typename Context>
+void set_bf16_reduction(Context& context, bool reduced, bool split_k) {
+  if constexpr (std::is_same_v<Option, bool>) {
+    context.setAllowBF16ReductionCuBLAS(reduced);
+  } else {
+    context.setAllowBF16ReductionCuBLAS(reduced, split_k);
+  }
+}
+
+template <typename Context, typename = void>
+struct HasFP16Accumulation : std::false_type {};
+template <typename Context>
+struct HasFP16Accumulation<Context, std::void_t<decltype(std::declval<Context&>().allowFP16AccumulationCuBLAS())>>
+    : std::true_type {};
+
+template <typename Context>
+class FullPrecisionMatmul {
  public:
-  FullPrecisionReductions()
-      : fp16_(at::globalContext().allowFP16ReductionCuBLAS()), bf16_(at::globalContext().allowBF16ReductionCuBLAS()) {
-    at::globalContext().setAllowFP16ReductionCuBLAS(false);
-    at::globalContext().setAllowBF16ReductionCuBLAS(false);
+  explicit FullPrecisionMatmul(Context& context)
+      : lock_(mutex()),
+        context_(context),
+        fp16_(context.allowFP16ReductionCuBLAS()),
+        bf16_(context.allowBF16ReductionCuBLAS()),
+        tf32_(context.allowTF32CuBLAS()) {
+    set_fp16_reduction<Option>(context_, false, allows_split_k(fp16_));
+    set_bf16_reduction<Option>(context_, false, allows_split_k(bf16_));
+    context_.setAllowTF32CuBLAS(false);
+    if constexpr (HasFP16Accumulation<Context>::value) {
+      fp16_accumulation_ = context_.allowFP16AccumulationCuBLAS();
+      context_.setAllowFP16AccumulationCuBLAS(false);
+    }
   }
-  ~FullPrecisionReductions() {
-    restore(fp16_, [](bool reduced, bool split_k) { set_fp16(reduced, split_k); });
-    restore(bf16_, [](bool reduced, bool split_k) { set_bf16(reduced, split_k); });
+  ~FullPrecisionMatmul() {
+    set_fp16_reduction<Option>(context_, allows_reduced(fp16_), allows_split_k(fp16_));
+    set_bf16_reduction<Option>(context_, allows_reduced(bf16_), allows_split_k(bf16_));
+    context_.setAllowTF32CuBLAS(tf32_);
+    if constexpr (HasFP16Accumulation<Context>::value) context_.setAllowFP16AccumulationCuBLAS(fp16_accumulation_);
   }
-  FullPrecisionReductions(const FullPrecisionReductions&) = delete;
-  FullPrecisionReductions& operator=(const FullPrecisionReductions&) = delete;
+  FullPrecisionMatmul(const FullPrecisionMatmul&) = delete;
+  FullPrecisionMatmul& operator=(const FullPrecisionMatmul&) = delete;
 
  private:
-  using Saved = decltype(at::globalContext().allowFP16ReductionCuBLAS());
-  Saved fp16_, bf16_;
-
-  static void set_fp16(bool reduced, bool split_k) {
-    if constexpr (std::is_same_v<Saved, bool>) {
-      at::globalContext().setAllowFP16ReductionCuBLAS(reduced);
-    } else {
-      at::globalContext().setAllowFP16ReductionCuBLAS(reduced, split_k);
-    }
+  using Option = decltype(std::declval<Context&>().allowFP16ReductionCuBLAS());
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
   }
-  static void set_bf16(bool reduced, bool split_k) {
-    if constexpr (std::is_same_v<Saved, bool>) {
-      at::globalContext().setAllowBF16ReductionCuBLAS(reduced);
-    } else {
-      at::globalContext().setAllowBF16ReductionCuBLAS(reduced, split_k);
-    }
-  }
-  template <typename Set>
-  static void restore(Saved saved, Set set) {
-    if constexpr (std::is_same_v<Saved, bool>) {
-      set(saved, true);
-    } else {
-      // 0: reduced precision with split-K, 1: full precision with split-K,
-      // 2: full precision without split-K.
-      const int option = static_cast<int>(saved);
-      set(option == 0, option != 2);
-    }
-  }
+  std::lock_guard<std::mutex> lock_;
+  Context& context_;
+  Option fp16_, bf16_;
+  bool tf32_;
+  bool fp16_accumulation_ = false;
 };
 
 // y [batch, rows] = x [batch, cols] M^T, a slab of rows at a time.
 void multiply_dense(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
                     int64_t cols, const at::Tensor& x, at::Tensor& y) {
-  if (cols == 0) {
-    y.zero_();
-    return;
-  }
   const int64_t row_bytes = cols * static_cast<int64_t>(values.element_size());
   const int64_t slab_rows = std::min(rows, std::max(kMinSlabRows, kSlabBytes / row_bytes));
   at::Tensor scratch = at::empty({slab_rows, cols}, values.options());
-  const FullPrecisionReductions full_precision;
+  const FullPrecisionMatmul<at::Context> full_precision(at::globalContext());
   for (int64_t first = 0; first < rows; first += slab_rows) {
     const int64_t count = std::min(slab_rows, rows - first);
     at::Tensor slab = scratch.narrow(0, 0, count);
@@ -197,8 +240,10 @@ at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_i
   const bool batched = x_in.dim() == 2;
   const int64_t batch = batched ? x_in.size(0) : 1;
   at::Tensor y = at::empty({batch, rows}, values.options());
-  if (batch > 0 && rows > 0) {
-    // Both routes take x as [batch, cols] with unit column stride.
+  if (batch > 0 && rows > 0 && cols == 0) {
+    y.zero_();  // an empty sum; and no kernel runs with no column to clamp x to
+  } else if (batch > 0 && rows > 0) {
+    // Every route takes x as [batch, cols] with unit column stride.
     at::Tensor x = (batched ? x_in : x_in.unsqueeze(0));
     if (x.stride(1) != 1) x = x.contiguous();
     const Route route = choose_route(batch, values.numel(), rows, cols);

@@ -1,6 +1,6 @@
 // multiply.cuh: the streaming kernel, y = M x for a MACKO matrix M and up
-// to 8 right-hand sides per pass over the matrix; multiply.cu picks it or
-// the dense route (decompress + cuBLAS) per call. The kernels are
+// to 8 right-hand sides per pass over the matrix; multiply.cu picks it,
+// the tile kernel or the dense route (decompress + cuBLAS) per call. The kernels are
 // instantiated per value dtype in multiply_<dtype>.cu. Pieces: the ring of
 // chunks (warp_ring.cuh), the group decoding and warp scans
 // (group_decode.cuh), the arithmetic (row_dot.cuh), launch facts
@@ -241,9 +241,9 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
     for (int step = row_begin & ~(kGroup - 1); step < row_end; step += kStageEntries) {
       ring.prepare_stage(step / kChunkEntries, lane);
 
-      // Groups that start past the row's end are not read (their slots may
-      // be in flight): they count as empty, and a half stage of them is
-      // skipped whole.
+      // Groups that start past the row's end are not read (past the
+      // window's limit their slots hold stale or never-written data): they
+      // count as empty, and a half stage of them is skipped whole.
       const bool stage_in_row = step + kStageEntries <= row_end;
       int first[kSteps];  // the lane's groups
       GroupValues<scalar_t> group[kSteps];
@@ -381,24 +381,6 @@ void launch_multiply(const MultiplyProblem& problem) {
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
-
-// Runs y = M x_t for one value dtype, with kernels of every batch width
-// (instantiated once per dtype, in multiply_<dtype>.cu, so that the
-// dtypes compile in parallel). width: the kernel batch width (1, 2, 4, 8)
-// that x_t [cols][width] was padded to; batch: the real right-hand sides.
-template <typename scalar_t>
-void multiply_typed(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices,
-                    int64_t rows, int64_t cols, const at::Tensor& x_t, int width, int batch, at::Tensor& y) {
-  MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
-    switch (width) {
-      case 1: launch_multiply<scalar_t, index_t, 1>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
-      case 2: launch_multiply<scalar_t, index_t, 2>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
-      case 4: launch_multiply<scalar_t, index_t, 4>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
-      default: launch_multiply<scalar_t, index_t, 8>(values, deltas, row_indices, rows, cols, x_t, batch, y); break;
-    }
-  });
-}
-
 
 // Runs y = M x for one value dtype, with the kernel of the problem's batch
 // width (instantiated once per dtype, in multiply_<dtype>.cu, so that the

@@ -100,7 +100,8 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 // 8 entries in A as pairs {x01, x45, x23, x67} and the values of entries
 // 0-3 in B ({v01, v23}): then D[g][g] gains x01.v01 + x23.v23 from each of
 // lanes 4g..4g+3. With the same A and B = {v45, v67}, a second accumulator's
-// D[g+8][g] gains x45.v45 + x67.v67. Products are exact and sums fp32; the
+// D[g+8][g] gains x45.v45 + x67.v67. Products are exact and summed in the
+// tensor cores' fp32 accumulators (not rounded to nearest at every add); the
 // other elements of D collect products of unrelated lanes and are never
 // read. Two mma per group replace 8 x (two conversions + FMA) per lane, and
 // every operand is already in place (no register moves). GPUs before sm_80
@@ -179,7 +180,7 @@ __device__ __forceinline__ void load_x_pairs(const void* x_t, unsigned col, uint
 // adds to the same accumulator. Per group: kBatch mma, and one byte
 // permutation per entry and pair of right-hand sides to pair up the
 // gathered x; against 2 conversions and an FMA per entry and right-hand
-// side on the FMA path. Products are exact and sums fp32, as there.
+// side on the FMA path. Products are exact and summed in fp32, as there.
 template <typename scalar_t, int kBatch>
 struct RowDot<scalar_t, kBatch, true> {
   static_assert(sizeof(scalar_t) == 2, "tensor-core dot products take 16-bit values");
