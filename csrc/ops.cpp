@@ -5,6 +5,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/kernel_variants.h"
 #include "macko.h"
 
 // The module only has to exist so that `import macko_spmv._C` loads this
@@ -39,6 +40,11 @@ std::string build_info() {
   return info;
 }
 
+// The instruction-set variant of the CPU kernels that the ops use now:
+// "baseline", "avx2" or "avx512" (the best this CPU runs, capped by
+// MACKO_CPU_KERNELS), for tests and benchmarks to report.
+std::string cpu_kernels() { return cpu::kernels_name(cpu::chosen_kernels()); }
+
 TORCH_LIBRARY(macko_spmv, m) {
   m.def("compress(Tensor dense) -> (Tensor values, Tensor deltas, Tensor row_indices)");
   m.def(
@@ -51,6 +57,7 @@ TORCH_LIBRARY(macko_spmv, m) {
       "validate(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
       "int cols) -> ()");
   m.def("build_info() -> str", &build_info);
+  m.def("_cpu_kernels() -> str", &cpu_kernels);
   // Benchmark baseline only (csrc/cpu/reference_compress.cpp): the encoder
   // as a plain single-threaded loop. CPU only; not part of the API.
   m.def("_compress_reference(Tensor dense) -> (Tensor values, Tensor deltas, Tensor row_indices)");
