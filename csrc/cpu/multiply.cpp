@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -84,6 +85,27 @@ inline float value_to_float(scalar_t v) {
   }
 }
 
+// Scratch memory of the calling thread, reused across calls (the OpenMP
+// pool's threads live as long as the process): slot's buffer grown to at
+// least count elements, uninitialised, 64-byte aligned. Saves an
+// allocation and a page-fault-and-zero pass per call, which dominate the
+// small products of a model's layers.
+template <typename T>
+T* thread_scratch(int slot, int64_t count) {
+  struct Buffer {
+    std::unique_ptr<unsigned char[]> data;
+    size_t bytes = 0;
+  };
+  thread_local Buffer buffers[4];
+  Buffer& buffer = buffers[slot];
+  const size_t bytes = static_cast<size_t>(count) * sizeof(T) + 64;
+  if (buffer.bytes < bytes) {
+    buffer.data.reset(new unsigned char[bytes]);
+    buffer.bytes = bytes;
+  }
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(buffer.data.get()) + 63) & ~uintptr_t{63});
+}
+
 namespace baseline {
 #define MACKO_MULTIPLY_ISA 0
 #include "multiply_kernels.inc"
@@ -125,6 +147,41 @@ void with_kernels(Kernels kernels, F&& f) {
   f(baseline::Ops{});
 }
 
+// fp32 subnormals among the right-hand sides (from fp32 or bf16 x; fp16
+// values are all normal as fp32) make every FMA that reads one take a
+// microcode assist: ~30x slower on the Intel cores this was measured on.
+// Flushing them (DAZ) would change the results; instead, when x holds
+// subnormals and no finite value of 2^64 or more, the kernels multiply x
+// scaled by 2^24 (exact: every subnormal becomes normal, no value nears
+// overflow) and scale the results back by 2^-24.
+constexpr float kSubnormalScale = 0x1p24f;
+
+// The factor the results need if x[0, n) is to be scaled (1 if not).
+inline float subnormal_rescale(const float* x, int64_t n) {
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(x);
+  uint32_t subnormal = 0, large = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t exponent = bits[i] & 0x7F800000u;
+    subnormal |= static_cast<uint32_t>(exponent == 0) & static_cast<uint32_t>((bits[i] & 0x007FFFFFu) != 0);
+    large |= static_cast<uint32_t>(exponent >= (127u + 64u) << 23) & static_cast<uint32_t>(exponent != 0x7F800000u);
+  }
+  return subnormal && !large ? 1.0f / kSubnormalScale : 1.0f;
+}
+
+// x[0, n) *= kSubnormalScale, without arithmetic on subnormals (which is
+// what is being avoided): normal numbers gain 24 in the exponent field, a
+// subnormal's mantissa becomes the float mantissa * 2^-125.
+inline void scale_up(float* x, int64_t n) {
+  uint32_t* bits = reinterpret_cast<uint32_t*>(x);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t b = bits[i], exponent = b & 0x7F800000u;
+    const float tiny = static_cast<float>(static_cast<int32_t>(b & 0x007FFFFFu)) * 0x1p-125f;
+    const uint32_t scaled_tiny = bit_cast_to<uint32_t>(&tiny) | (b & 0x80000000u);
+    const uint32_t scaled = exponent == 0x7F800000u ? b : b + (24u << 23);
+    bits[i] = exponent == 0 ? scaled_tiny : scaled;
+  }
+}
+
 enum class Route { kVector, kSparse, kDense };
 
 // Bytes of the dense route's fp32 scratch (a tile of rows): big enough for
@@ -158,7 +215,7 @@ void transpose_to_tiles(const scalar_t* x, int64_t batch, int64_t cols, float* x
   const int64_t blocks = (cols + kBlockCols - 1) / kBlockCols;
   const int64_t last = (batch - 1) / Ops::kTileWidth * Ops::kTileWidth;  // the last tile
   const int64_t last_width = Ops::tile_width(batch, last);
-  at::parallel_for(0, blocks, std::max<int64_t>(1, 16384 / batch), [&](int64_t q0, int64_t q1) {
+  at::parallel_for(0, blocks, std::max<int64_t>(1, 32768 / (batch * kBlockCols)), [&](int64_t q0, int64_t q1) {
     float converted[kBlockCols];
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t c0 = q * kBlockCols;
@@ -184,21 +241,20 @@ void multiply_vector(const Stream<scalar_t, index_t>& s, const at::Tensor& x, in
   // x as fp32, each right-hand side followed by the zeros that the kernels
   // may read past its end.
   const int64_t x_stride = s.cols + Ops::kXPadding;
-  const float* x32;
-  at::Tensor converted;
-  if (std::is_same_v<scalar_t, float> && Ops::kXPadding == 0) {
-    x32 = x.const_data_ptr<float>();
-  } else {
-    converted = at::empty({batch * x_stride}, x.options().dtype(at::kFloat));
-    float* c = converted.mutable_data_ptr<float>();
-    for (int64_t b = 0; b < batch; ++b) {
-      Ops::to_float(x.const_data_ptr<scalar_t>() + b * s.cols, s.cols, c + b * x_stride);
-      std::fill(c + b * x_stride + s.cols, c + (b + 1) * x_stride, 0.0f);
-    }
-    x32 = c;
+  at::Tensor converted = at::empty({batch * x_stride}, x.options().dtype(at::kFloat));
+  float* x32 = converted.mutable_data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    Ops::to_float(x.const_data_ptr<scalar_t>() + b * s.cols, s.cols, x32 + b * x_stride);
+    std::fill(x32 + b * x_stride + s.cols, x32 + (b + 1) * x_stride, 0.0f);
   }
-  at::parallel_for(0, rows, row_grain(s.cols),
-                   [&](int64_t r0, int64_t r1) { Ops::vector_rows(s, x32, x_stride, batch, r0, r1, y, rows); });
+  float out_scale = 1.0f;
+  if constexpr (!std::is_same_v<scalar_t, c10::Half>) {
+    out_scale = subnormal_rescale(x32, batch * x_stride);
+    if (out_scale != 1.0f) scale_up(x32, batch * x_stride);
+  }
+  at::parallel_for(0, rows, row_grain(s.cols), [&](int64_t r0, int64_t r1) {
+    Ops::vector_rows(s, x32, x_stride, batch, out_scale, r0, r1, y, rows);
+  });
 }
 
 template <typename Ops, typename scalar_t, typename index_t>
@@ -207,8 +263,13 @@ void multiply_sparse(const Stream<scalar_t, index_t>& s, const at::Tensor& x, in
   at::Tensor xt = at::empty({Ops::round_up_lanes(batch) * s.cols}, x.options().dtype(at::kFloat));
   float* xtp = xt.mutable_data_ptr<float>();
   transpose_to_tiles<Ops>(x.const_data_ptr<scalar_t>(), batch, s.cols, xtp);
+  float out_scale = 1.0f;
+  if constexpr (!std::is_same_v<scalar_t, c10::Half>) {
+    out_scale = subnormal_rescale(xtp, xt.numel());
+    if (out_scale != 1.0f) scale_up(xtp, xt.numel());
+  }
   at::parallel_for(0, rows, row_grain(s.cols),
-                   [&](int64_t r0, int64_t r1) { Ops::batch_rows(s, xtp, batch, r0, r1, y, rows); });
+                   [&](int64_t r0, int64_t r1) { Ops::batch_rows(s, xtp, batch, out_scale, r0, r1, y, rows); });
 }
 
 template <typename Ops, typename scalar_t, typename index_t>
@@ -226,6 +287,14 @@ void multiply_dense(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int
       Ops::to_float(xp + b0 * s.cols, (b1 - b0) * s.cols, x32p + b0 * s.cols);
     });
   }
+  float out_scale = 1.0f;
+  if constexpr (!std::is_same_v<scalar_t, c10::Half>) {
+    out_scale = subnormal_rescale(x32.const_data_ptr<float>(), x32.numel());
+    if (out_scale != 1.0f) {
+      if (x32.is_same(x)) x32 = x.clone();
+      scale_up(x32.mutable_data_ptr<float>(), x32.numel());
+    }
+  }
   const int64_t tile_rows = std::clamp<int64_t>(kDenseScratchBytes / (4 * s.cols), 1, rows);
   at::Tensor tile = at::empty({tile_rows, s.cols}, f32);
   float* tp = tile.mutable_data_ptr<float>();
@@ -236,6 +305,7 @@ void multiply_dense(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int
     at::Tensor out = y32.narrow(1, t0, t1 - t0);
     at::mm_out(out, x32, tile.narrow(0, 0, t1 - t0).t());
   }
+  if (out_scale != 1.0f) y32.mul_(out_scale);
   if constexpr (!std::is_same_v<scalar_t, float>) {
     const float* y32p = y32.const_data_ptr<float>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
@@ -269,7 +339,9 @@ at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas, cons
         // The dense scratch holds every zero, and 0 * Inf = NaN would reach
         // columns a row does not store: with Inf or NaN in x, sum over the
         // stored entries only, as the other routes do.
-        if (route == Route::kDense && !x2.isfinite().all().item<bool>()) route = Route::kSparse;
+        if (route == Route::kDense && !Ops::all_finite(x2.const_data_ptr<scalar_t>(), batch * cols)) {
+          route = Route::kSparse;
+        }
         if (route == Route::kVector) {
           multiply_vector<Ops>(s, x2, batch, rows, yp);
         } else if (route == Route::kSparse) {
