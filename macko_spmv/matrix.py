@@ -158,7 +158,11 @@ def multiply(A, x):
          vector, leading dimensions are a batch of vectors (any strides).
 
     Returns:
-      y: [..., rows] in A's dtype; products are summed in float32.
+      y: [..., rows] in A's dtype; products are summed in float32 over A's
+         stored entries: Inf or NaN in x reaches a row through the entries
+         it stores (a stored zero, i.e. a padding entry, times Inf is NaN),
+         and not through the columns it does not store (the dense product
+         would give 0 * Inf = NaN there too).
     """
     A = as_macko_matrix(A)
     if not isinstance(x, torch.Tensor):
