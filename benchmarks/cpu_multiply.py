@@ -17,9 +17,12 @@ same (pruned) matrix, in the same dtype and in fp32, in one run:
             the dense pruned model against the same model after sparsify.
 
 Times are wall-clock medians (time.perf_counter around the call, after
-warm-up calls) at --threads threads (torch.set_num_threads). Slow baselines
-(torch's fp16 matrix products on CPUs without fp16 arithmetic) get at least
---min-runs runs, and more while within --budget seconds a case.
+warm-up calls) at --threads threads (torch.set_num_threads). The calls of a
+case are interleaved (rounds that call each implementation once), so that
+a slow spell of a shared machine falls on all of them alike. A case whose
+rounds are slow (torch's fp16 matrix products on CPUs without fp16
+arithmetic) gets at least --min-runs rounds and more while within --budget
+seconds.
 
 Writes results.csv, meta.json (CPU, threads, versions, date, command, load
 average before and after) and plots drawn from the CSV to --out (default
@@ -32,6 +35,8 @@ The timer and the matrix generator here are local to this script.
 import argparse
 import csv
 import datetime
+import glob
+import itertools
 import json
 import os
 import platform
@@ -43,12 +48,11 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-try:
-    import macko_spmv
-except ImportError:
-    # Run from a checkout with the extension built in place (not installed).
+# The checkout this script is in, when its extension is built in place
+# (setup.py build_ext --inplace), before any installed copy.
+if glob.glob(os.path.join(ROOT, "macko_spmv", "_C*.so")):
     sys.path.insert(0, ROOT)
-    import macko_spmv
+import macko_spmv  # noqa: E402
 
 CSV_COLUMNS = [
     "section", "impl", "dtype", "shape", "density", "stored_fraction", "batch", "x", "threads", "runs",
@@ -68,16 +72,23 @@ def random_pruned(rows, cols, density, dtype, seed):
     return (values * keep).to(dtype)
 
 
-def times_ms(op, min_runs, budget_s, warmup=2):
-    """Wall times of op(), after `warmup` calls: at least min_runs, more
-    while the total stays within budget_s (at most 4 * min_runs)."""
-    for _ in range(warmup):
-        op()
-    times, start = [], time.perf_counter()
-    while len(times) < min_runs or (time.perf_counter() - start < budget_s and len(times) < 4 * min_runs):
-        t0 = time.perf_counter()
-        op()
-        times.append(1e3 * (time.perf_counter() - t0))
+def interleaved_times_ms(ops, runs, min_runs, budget_s, warmup=2):
+    """Wall times (ms) of each op in `ops` (name -> callable), measured in
+    rounds that call every op once, so that a slow spell of a shared machine
+    falls on all of them alike: `runs` rounds, or, where a round takes long,
+    at least min_runs and as many more as fit in budget_s."""
+    for op in ops.values():
+        for _ in range(warmup):
+            op()
+    times = {name: [] for name in ops}
+    start = time.perf_counter()
+    for done in range(runs):
+        if done >= min_runs and time.perf_counter() - start > budget_s:
+            break
+        for name, op in ops.items():
+            t0 = time.perf_counter()
+            op()
+            times[name].append(1e3 * (time.perf_counter() - t0))
     return times
 
 
@@ -169,32 +180,37 @@ def special_x(kind, shape, dtype, gen):
 
 
 def vector_section(args, results):
+    """Each case --vector-repeats times, on freshly allocated matrices: on
+    the VM this was written on, how fast a stream of ~100 MB reads varied
+    between allocations (dense and MACKO alike, up to 2x; likely page
+    mappings), so one allocation is not the whole story."""
     rows = cols = args.size
     gen = torch.Generator().manual_seed(args.seed + 1)
-    for dtype_name in args.dtypes:
+    for repeat, dtype_name, density in itertools.product(range(args.vector_repeats), args.dtypes, args.densities):
         dtype = DTYPES[dtype_name]
-        for density in args.densities:
-            M = random_pruned(rows, cols, density, dtype, args.seed)
-            A = macko_spmv.compress(M)
-            M32 = M.float()
-            common = dict(dtype=dtype_name, shape=f"{rows}x{cols}", density=density, batch=1,
-                          stored_fraction=round(A.stored_fraction, 4))  # fmt: skip
-            x = torch.randn(cols, generator=gen).to(dtype)
-            x32 = x.float()
-            same = results.add("vector", "torch dense", times_ms(lambda: M @ x, args.runs, args.budget), x="random",
-                               **common)  # fmt: skip
-            fp32 = results.add("vector", "torch dense fp32", times_ms(lambda: M32 @ x32, args.runs, args.budget),
-                               x="random", **common)  # fmt: skip
-            random_ms = None
-            for kind in ["random"] + (args.x_kinds if density in args.x_densities else []):
-                xk = x if kind == "random" else special_x(kind, (cols,), dtype, gen)
-                times = times_ms(lambda: macko_spmv.multiply(A, xk), args.runs, args.budget)
-                ms = statistics.median(times)
-                random_ms = random_ms or ms
-                results.add("vector" if kind == "random" else "x-values", "macko", times, x=kind,
-                            vs_dense_same_dtype=ratio(same, ms), vs_dense_fp32=ratio(fp32, ms),
-                            vs_random_x=ratio(random_ms, ms), **common)  # fmt: skip
-            del M, A, M32
+        M = random_pruned(rows, cols, density, dtype, args.seed + repeat)
+        A = macko_spmv.compress(M)
+        M32 = M.float()
+        common = dict(dtype=dtype_name, shape=f"{rows}x{cols}", density=density, batch=1,
+                      stored_fraction=round(A.stored_fraction, 4), note=f"repeat {repeat}")  # fmt: skip
+        x = torch.randn(cols, generator=gen).to(dtype)
+        x32 = x.float()
+        xs = {"random": x}
+        for kind in args.x_kinds if density in args.x_densities else []:
+            xs[kind] = special_x(kind, (cols,), dtype, gen)
+        ops = {"torch dense": lambda: M @ x, "torch dense fp32": lambda: M32 @ x32}
+        for kind, xk in xs.items():
+            ops[kind] = lambda xk=xk: macko_spmv.multiply(A, xk)
+        times = interleaved_times_ms(ops, args.runs, args.runs, args.budget)
+        same = results.add("vector", "torch dense", times["torch dense"], x="random", **common)
+        fp32 = results.add("vector", "torch dense fp32", times["torch dense fp32"], x="random", **common)
+        random_ms = statistics.median(times["random"])
+        for kind in xs:
+            ms = statistics.median(times[kind])
+            results.add("vector" if kind == "random" else "x-values", "macko", times[kind], x=kind,
+                        vs_dense_same_dtype=ratio(same, ms), vs_dense_fp32=ratio(fp32, ms),
+                        vs_random_x=ratio(random_ms, ms), **common)  # fmt: skip
+        del M, A, M32
 
 
 def batch_section(args, results):
@@ -210,18 +226,23 @@ def batch_section(args, results):
         for batch in args.batches:
             X = torch.randn(batch, cols, generator=gen).to(dtype)
             X32 = X.float()
-            same = results.add("batch", "torch dense", times_ms(lambda: X @ M.T, args.min_runs, args.budget),
-                               batch=batch, **common)  # fmt: skip
-            fp32 = results.add("batch", "torch dense fp32", times_ms(lambda: X32 @ M32.T, args.runs, args.budget),
-                               batch=batch, **common)  # fmt: skip
+            ops = {"torch dense": lambda: X @ M.T, "torch dense fp32": lambda: X32 @ M32.T}
             for route in (None,) + ROUTES:
                 if route == "vector" and batch > 4:
                     continue  # the vector kernel takes up to 4 right-hand sides
-                with Route(route):
-                    times = times_ms(lambda: macko_spmv.multiply(A, X), args.runs, args.budget)
-                ms = statistics.median(times)
-                results.add("batch", "macko" if route is None else f"macko route={route}", times, batch=batch,
-                            vs_dense_same_dtype=ratio(same, ms), vs_dense_fp32=ratio(fp32, ms), **common)  # fmt: skip
+
+                def op(route=route):
+                    with Route(route):
+                        return macko_spmv.multiply(A, X)
+
+                ops["macko" if route is None else f"macko route={route}"] = op
+            times = interleaved_times_ms(ops, args.runs, args.min_runs, args.budget, warmup=1)
+            same = results.add("batch", "torch dense", times.pop("torch dense"), batch=batch, **common)
+            fp32 = results.add("batch", "torch dense fp32", times.pop("torch dense fp32"), batch=batch, **common)
+            for impl, t in times.items():
+                ms = statistics.median(t)
+                results.add("batch", impl, t, batch=batch, vs_dense_same_dtype=ratio(same, ms),
+                            vs_dense_fp32=ratio(fp32, ms), **common)  # fmt: skip
         del M, A, M32
 
 
@@ -247,11 +268,12 @@ def minilm_section(args, results):
         tokens = tokenizer(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")
         note = f"{count} sentences, padded to {tokens['input_ids'].shape[1]} tokens"
         common = dict(dtype="float32", shape="all-MiniLM-L6-v2", density=0.5, batch=count, x="sentences")
-        dense_times = times_ms(lambda: embed(dense, tokenizer, sentences), args.model_runs, args.budget, warmup=5)
-        sparse_times = times_ms(lambda: embed(sparse, tokenizer, sentences), args.model_runs, args.budget, warmup=5)
-        same = results.add("minilm", "dense pruned model", dense_times, note=note, **common)
-        results.add("minilm", "macko (sparsify)", sparse_times, note=note,
-                    vs_dense_same_dtype=ratio(same, statistics.median(sparse_times)), **common)  # fmt: skip
+        times = interleaved_times_ms({"dense": lambda: embed(dense, tokenizer, sentences),
+                                      "macko": lambda: embed(sparse, tokenizer, sentences)},
+                                     args.model_runs, args.model_runs, args.budget, warmup=5)  # fmt: skip
+        same = results.add("minilm", "dense pruned model", times["dense"], note=note, **common)
+        results.add("minilm", "macko (sparsify)", times["macko"], note=note,
+                    vs_dense_same_dtype=ratio(same, statistics.median(times["macko"])), **common)  # fmt: skip
 
 
 def read_rows(path):
@@ -262,28 +284,36 @@ def read_rows(path):
 def summary_tables(rows):
     """Markdown tables from the CSV rows: the issue's targets per case."""
     out = []
+    def median_of(values):
+        return statistics.median(float(v) for v in values)
+
     vec = [r for r in rows if r["section"] == "vector" and r["impl"] == "macko"]
+    cases = sorted({(r["dtype"], r["density"]) for r in vec}, key=lambda c: (list(DTYPES).index(c[0]), -float(c[1])))
     if vec:
-        out += ["### One vector (8192x8192)", "",
-                "| dtype | density | MACKO ms | dense same dtype ms | dense fp32 ms | vs same dtype | vs fp32 |",
+        out += ["### One vector (8192x8192; medians over the repeats, each a fresh allocation)", "",
+                "| dtype | density | MACKO ms | dense same dtype ms | dense fp32 ms | vs same dtype (range) | vs fp32 (range) |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-        for r in vec:
-            base = {b["impl"]: b for b in rows if b["section"] == "vector" and b["dtype"] == r["dtype"]
-                    and b["density"] == r["density"] and b["impl"].startswith("torch")}  # fmt: skip
-            out.append(f"| {r['dtype']} | {r['density']} | {float(r['median_ms']):.2f} | "
-                       f"{float(base['torch dense']['median_ms']):.2f} | {float(base['torch dense fp32']['median_ms']):.2f} | "
-                       f"{r['vs_dense_same_dtype']} | {r['vs_dense_fp32']} |")  # fmt: skip
+        for dtype, density in cases:
+            case = [r for r in rows if r["section"] == "vector" and r["dtype"] == dtype and r["density"] == density]
+            by = {impl: [r for r in case if r["impl"] == impl] for impl in ("macko", "torch dense", "torch dense fp32")}
+            same = [float(r["vs_dense_same_dtype"]) for r in by["macko"]]
+            fp32 = [float(r["vs_dense_fp32"]) for r in by["macko"]]
+            out.append(f"| {dtype} | {density} | {median_of(r['median_ms'] for r in by['macko']):.2f} | "
+                       f"{median_of(r['median_ms'] for r in by['torch dense']):.2f} | "
+                       f"{median_of(r['median_ms'] for r in by['torch dense fp32']):.2f} | "
+                       f"{statistics.median(same):.2f} ({min(same):.2f}-{max(same):.2f}) | "
+                       f"{statistics.median(fp32):.2f} ({min(fp32):.2f}-{max(fp32):.2f}) |")  # fmt: skip
         out.append("")
-    xv = [r for r in rows if r["section"] in ("vector", "x-values") and r["impl"] == "macko" and r["x"] != ""]
-    kinds = sorted({r["x"] for r in xv if r["section"] == "x-values"})
+    xv = [r for r in rows if r["section"] == "x-values" and r["impl"] == "macko"]
+    kinds = sorted({r["x"] for r in xv})
     if kinds:
-        out += ["### Time against x's values (one vector, time relative to random x: 1.0 = the same)", "",
+        out += ["### Time against x's values (one vector; time / time with random x, median over the repeats)", "",
                 "| dtype | density | " + " | ".join(kinds) + " |", "| --- | --- | " + " | ".join("---" for _ in kinds) + " |"]
-        for dtype, density in sorted({(r["dtype"], r["density"]) for r in xv if r["section"] == "x-values"}):
+        for dtype, density in cases:
             cells = []
             for kind in kinds:
-                match = [r for r in xv if r["dtype"] == dtype and r["density"] == density and r["x"] == kind]
-                cells.append(f"{1 / float(match[0]['vs_random_x']):.3f}" if match else "")
+                match = [1 / float(r["vs_random_x"]) for r in xv if (r["dtype"], r["density"], r["x"]) == (dtype, density, kind)]
+                cells.append(f"{statistics.median(match):.3f}" if match else "")
             out.append(f"| {dtype} | {density} | " + " | ".join(cells) + " |")
         out.append("")
     batch = [r for r in rows if r["section"] == "batch"]
@@ -370,13 +400,14 @@ def parse_args(argv):
     parser.add_argument("--size", type=int, default=8192, help="rows = cols of the matrices")
     parser.add_argument("--dtypes", default="float16,bfloat16,float32", help="dtypes of the vector section")
     parser.add_argument("--densities", default="0.5,0.1")
+    parser.add_argument("--vector-repeats", type=int, default=3, help="fresh allocations of each vector case")
     parser.add_argument("--x-kinds", default="half-zeros,subnormal,nan-1pct", help="x variants (vector section)")
     parser.add_argument("--x-densities", default="0.5,0.1", help="densities that get the x variants")
     parser.add_argument("--batch-dtype", default="float16")
     parser.add_argument("--batches", default="1,2,4,8,16,32,64,128,256,512,1024,2048")
-    parser.add_argument("--runs", type=int, default=15, help="timed runs of a fast case (at least)")
-    parser.add_argument("--min-runs", type=int, default=3, help="timed runs of a slow dense baseline (at least)")
-    parser.add_argument("--model-runs", type=int, default=21, help="timed runs of a MiniLM case (at least)")
+    parser.add_argument("--runs", type=int, default=41, help="timed rounds of a case")
+    parser.add_argument("--min-runs", type=int, default=3, help="timed rounds of a slow batch case (at least)")
+    parser.add_argument("--model-runs", type=int, default=41, help="timed rounds of a MiniLM case")
     parser.add_argument("--budget", type=float, default=10.0, help="seconds a case may take beyond its minimum runs")
     parser.add_argument("--sections", default="vector,batch,minilm")
     parser.add_argument("--max-load", type=float, default=None,
@@ -419,6 +450,7 @@ def main(argv=None):
         "python": platform.python_version(),
         "platform": platform.platform(),
         "macko_spmv": macko_spmv.__version__,
+        "macko_spmv_path": os.path.dirname(macko_spmv.__file__),
         "macko_spmv_build": macko_spmv.ops.build_info(),
         "load_average_before": load_before,
         "args": {k: v for k, v in vars(args).items()},

@@ -4,18 +4,26 @@
 //
 // Three routes (multiply_kernels.inc has the kernels and how they decode
 // the stream):
-//   vector  one right-hand side: each row's entries in chunks, x (as fp32)
-//           gathered by column, products summed in vector lanes.
-//   sparse  a batch: X transposed to fp32 [cols, batch] (padded to whole
-//           vector registers), each row's entries decoded once, and every
-//           entry adds value * (its column of X^T) to register tiles of up
-//           to kTileWidth right-hand sides.
+//   vector  up to Ops::kVectorBatch right-hand sides (4 with AVX-512, else
+//           1): x converted to fp32 once, each row's chunks of entries
+//           multiplied by x's values at their columns, summed in vector
+//           lanes.
+//   sparse  a batch: X transposed to fp32 tiles of up to 64 right-hand
+//           sides, each block of rows decoded once, every entry adding
+//           value * (its column's row of the tile) to register tiles.
 //   dense   a large batch at high density: tiles of rows decompressed into a
-//           dense fp32 scratch, multiplied by torch's CPU BLAS (at::mm),
-//           which does more work per element but at a higher rate.
-// choose_route() picks one per call from the shape and the stored fraction
-// (see there for the measurements); MACKO_CPU_MULTIPLY_ROUTE=sparse|dense
-// forces a batch route, for tests and comparisons.
+//           dense fp32 scratch and multiplied by torch's CPU BLAS (at::mm),
+//           more work per element but at a higher rate.
+// choose_route() picks one per call from the batch and the stored fraction
+// (see there for the measurements); MACKO_CPU_MULTIPLY_ROUTE=vector|sparse|
+// dense forces one, for tests and comparisons.
+//
+// Every route sums over the stored entries only: a stored zero (padding)
+// times Inf or NaN in x is NaN, a column a row does not store adds nothing.
+// (The dense scratch holds every zero, so with Inf or NaN in x the dense
+// route is replaced by the sparse one.) The vector and sparse routes sum
+// each row on one thread in a fixed order, so their results do not depend
+// on the thread count; BLAS's may.
 //
 // The kernels exist once per instruction-set variant (kernel_variants.h:
 // baseline, AVX2, AVX-512, the best the CPU runs, MACKO_CPU_KERNELS caps it).
@@ -199,11 +207,19 @@ Route choose_route(int64_t batch, int64_t rows, int64_t cols, int64_t stored) {
     TORCH_CHECK_VALUE(false, "MACKO_CPU_MULTIPLY_ROUTE must be vector, sparse or dense (or unset), got '", forced,
                       "'");
   }
-  if (batch <= Ops::kVectorBatch) return Route::kVector;
-  (void)rows;
-  (void)cols;
-  (void)stored;
-  return Route::kSparse;
+  const double stored_fraction = static_cast<double>(stored) / (static_cast<double>(rows) * cols);
+  // The vector kernel's cost grows with each right-hand side, the sparse
+  // kernel's hardly up to 16; at low density (the vector kernel's widest
+  // windows) two vectors already cost as much as the batch kernel.
+  if (batch <= Ops::kVectorBatch && (batch <= 2 || stored_fraction >= 0.25)) return Route::kVector;
+  // Per right-hand side, the sparse kernel costs about a per stored entry
+  // and 64 right-hand sides (a register tile), the dense route g per dense
+  // element plus z per dense element once (decompressing, converting).
+  // Measured on the 2-core Xeon (AVX-512) this was tuned on, 8192x8192
+  // fp16 (benchmarks/cpu_multiply.py, forced routes): a ~ 1.4 ns, g ~ 0.0066
+  // ns, z ~ 1.4 ns, so the sparse route wins while the stored fraction is
+  // below (g + z / batch) * 64 / a = 0.30 + 64 / batch (about).
+  return stored_fraction < 0.30 + 64.0 / static_cast<double>(batch) ? Route::kSparse : Route::kDense;
 }
 
 // X [batch, cols] (scalar_t) -> X^T in fp32, in the batch kernel's tiles
