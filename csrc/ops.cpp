@@ -5,6 +5,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/kernel_variants.h"
 #include "macko.h"
 
 // The module only has to exist so that `import macko_spmv._C` loads this
@@ -20,9 +21,6 @@ PyObject* PyInit__C(void) {
 }
 
 namespace macko {
-
-// csrc/cpu/compress.cpp: the CPU compress kernels that run now.
-std::string cpu_kernels_in_use();
 
 namespace {
 
@@ -73,6 +71,11 @@ std::string build_info() {
   return info;
 }
 
+// The instruction-set variant of the CPU kernels that the ops use now:
+// "baseline", "avx2" or "avx512" (the best this CPU runs, capped by
+// MACKO_CPU_KERNELS), for tests and benchmarks to report.
+std::string cpu_kernels() { return cpu::kernels_name(cpu::chosen_kernels()); }
+
 TORCH_LIBRARY(macko_spmv, m) {
   m.def("compress(Tensor dense) -> (Tensor values, Tensor deltas, Tensor row_indices)");
   m.def(
@@ -85,9 +88,9 @@ TORCH_LIBRARY(macko_spmv, m) {
       "validate(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
       "int cols) -> ()");
   m.def("build_info() -> str", &build_info);
-  // For tests and benchmarks, not the API: which CPU compress kernels run
-  // (baseline, avx2 or avx512, after the MACKO_CPU_KERNELS cap).
-  m.def("_cpu_kernels() -> str", &cpu_kernels_in_use);
+  // For tests and benchmarks, not the API: which CPU kernels run (baseline,
+  // avx2 or avx512, after the MACKO_CPU_KERNELS cap; csrc/cpu/kernel_variants.h).
+  m.def("_cpu_kernels() -> str", &cpu_kernels);
 #ifdef MACKO_DEV_OPS
   // Development builds only (setup.py, MACKO_DEV_OPS): the benchmark's
   // baseline encoder as a plain single-threaded loop

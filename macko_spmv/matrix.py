@@ -193,7 +193,8 @@ def multiply(A, x):
     is: an inf or NaN in x reaches y[r] only through row r's stored entries,
     which include the padding zeros of long zero runs (0 * inf = NaN),
     while a zero the format skips contributes nothing (a dense product
-    would give NaN there). On a GPU, batches past the stream route's limit
+    would give NaN there). This holds on the CPU for every batch (its dense
+    route checks x first). On a GPU, batches past the stream route's limit
     (more than 8 vectors; 16 below a quarter stored) run as a dense product
     of decompressed rows instead, with nn.Linear's behaviour for inf and NaN
     in x; MACKO_MULTIPLY_ROUTE=stream in the environment keeps the stream

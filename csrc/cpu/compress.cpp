@@ -13,12 +13,9 @@
 // after the parallel region. So no two threads write one byte, and the
 // output does not depend on the number of threads.
 //
-// The kernels exist three times: baseline x86-64 (SSE2) or portable code,
-// AVX2 (with BMI1, LZCNT, POPCNT) and AVX-512 (F, BW, VL, VBMI2); the best
-// that the CPU has is chosen at run time (when built with GCC for x86-64). All give
-// the same bytes. MACKO_CPU_KERNELS=baseline, =avx2 or =avx512 in the
-// environment caps the choice, for tests and comparisons, and
-// torch.ops.macko_spmv._cpu_kernels() names the kernels that run.
+// The kernels exist three times (baseline, AVX2, AVX-512; kernel_variants.h
+// says what each needs and how one is chosen at run time, with
+// MACKO_CPU_KERNELS capping the choice). All give the same bytes.
 #include <torch/library.h>
 
 #include <ATen/Parallel.h>
@@ -35,26 +32,13 @@
 #include <sys/mman.h>
 #endif
 
-#if defined(__SSE2__) && !defined(MACKO_CPU_NO_SIMD)
-#include <emmintrin.h>
-#define MACKO_CPU_SSE2 1
-#else
-#define MACKO_CPU_SSE2 0
-#endif
-
-// AVX2 and AVX-512 kernels, chosen at run time (GCC on x86-64; other
-// compilers get the baseline kernels only).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MACKO_CPU_NO_SIMD)
-#include <immintrin.h>
-#define MACKO_CPU_X86_DISPATCH 1
-#else
-#define MACKO_CPU_X86_DISPATCH 0
-#endif
-
 #include "../macko.h"
+#include "kernel_variants.h"
 
 namespace macko {
 namespace {
+
+using cpu::Kernels;
 
 // Columns per mask: one bit each of a uint64_t.
 constexpr int64_t kBlock = 64;
@@ -152,60 +136,21 @@ namespace baseline {
 }  // namespace baseline
 
 #if MACKO_CPU_X86_DISPATCH
-#pragma GCC push_options
-#pragma GCC target("avx2,popcnt,bmi,lzcnt")
+MACKO_CPU_BEGIN_AVX2
 namespace avx2 {
 #define MACKO_COMPRESS_ISA 1
 #include "compress_kernels.inc"
 #undef MACKO_COMPRESS_ISA
 }  // namespace avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vbmi2,avx2,popcnt,bmi,lzcnt")
+MACKO_CPU_END_TARGET
+MACKO_CPU_BEGIN_AVX512
 namespace avx512 {
 #define MACKO_COMPRESS_ISA 2
 #include "compress_kernels.inc"
 #undef MACKO_COMPRESS_ISA
 }  // namespace avx512
-#pragma GCC pop_options
+MACKO_CPU_END_TARGET
 #endif  // MACKO_CPU_X86_DISPATCH
-
-// The kernel variants, slowest first, and their names (MACKO_CPU_KERNELS,
-// torch.ops.macko_spmv._cpu_kernels).
-enum class Kernels { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
-constexpr const char* kKernelNames[] = {"baseline", "avx2", "avx512"};
-
-// The best kernels this CPU runs.
-Kernels supported_kernels() {
-#if MACKO_CPU_X86_DISPATCH
-  static const Kernels supported = [] {
-    __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") &&
-                      __builtin_cpu_supports("bmi") && __builtin_cpu_supports("lzcnt");
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
-                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                        __builtin_cpu_supports("avx512vbmi2");
-    return avx512 ? Kernels::kAvx512 : avx2 ? Kernels::kAvx2 : Kernels::kBaseline;
-  }();
-  return supported;
-#else
-  return Kernels::kBaseline;
-#endif
-}
-
-// The kernels compress runs now: the best this CPU runs, capped by
-// MACKO_CPU_KERNELS=baseline|avx2|avx512 (read on every call, for tests and
-// comparisons; unset or empty: no cap).
-Kernels choose_kernels() {
-  const Kernels best = supported_kernels();
-  const char* cap = std::getenv("MACKO_CPU_KERNELS");
-  if (cap == nullptr || *cap == '\0') return best;
-  for (int k = 0; k <= static_cast<int>(Kernels::kAvx512); ++k) {
-    if (std::strcmp(cap, kKernelNames[k]) == 0) return std::min(best, static_cast<Kernels>(k));
-  }
-  TORCH_CHECK_VALUE(false, "MACKO_CPU_KERNELS must be baseline, avx2 or avx512 (or unset), got '", cap, "'");
-  return best;
-}
 
 template <typename bits_t>
 void count_rows(Kernels kernels, const bits_t* src, int64_t cols, int64_t r0, int64_t r1,
@@ -239,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_cpu(const at::Tensor& de
   const at::Tensor dense = dense_in.contiguous();
   const int64_t rows = dense.size(0);
   const int64_t cols = dense.size(1);
-  const Kernels kernels = choose_kernels();
+  const Kernels kernels = cpu::chosen_kernels();
 
   // starts[r + 1] first holds row r's entry count, then the prefix sum.
   std::vector<int64_t> starts(rows + 1, 0);
@@ -303,9 +248,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_cpu(const at::Tensor& de
 }  // namespace
 
 TORCH_LIBRARY_IMPL(macko_spmv, CPU, m) { m.impl("compress", &compress_cpu); }
-
-// torch.ops.macko_spmv._cpu_kernels() (schema in ops.cpp): the name of the
-// kernels compress runs now, so that tests and benchmarks can say which ran.
-std::string cpu_kernels_in_use() { return kKernelNames[static_cast<int>(choose_kernels())]; }
 
 }  // namespace macko

@@ -1,49 +1,369 @@
-// multiply on the CPU: y = M x for one or more right-hand sides, parallel
-// over rows (at::parallel_for, parallel in code compiled with OpenMP:
-// setup.py adds -fopenmp), fp32 sums. Indices are int64.
+// multiply on the CPU: Y = X M^T for one or more right-hand sides (x [cols]
+// or X [batch, cols]), fp32 sums, parallel over rows (at::parallel_for,
+// parallel in code compiled with OpenMP: setup.py adds -fopenmp).
+//
+// Three routes (multiply_kernels.inc has the kernels and how they decode
+// the stream):
+//   vector  up to Ops::kVectorBatch right-hand sides (4 with AVX-512, else
+//           1): x converted to fp32 once, each row's chunks of entries
+//           multiplied by x's values at their columns, summed in vector
+//           lanes.
+//   sparse  a batch: X transposed to fp32 tiles of up to 64 right-hand
+//           sides, each block of rows decoded once, every entry adding
+//           value * (its column's row of the tile) to register tiles.
+//   dense   a large batch at high density: tiles of rows decompressed into a
+//           dense fp32 scratch and multiplied by torch's CPU BLAS (at::mm),
+//           more work per element but at a higher rate.
+// choose_route() picks one per call from the batch and the stored fraction
+// (see there for the measurements); MACKO_CPU_MULTIPLY_ROUTE=vector|sparse|
+// dense forces one, for tests and comparisons.
+//
+// Every route sums over the stored entries only: a stored zero (padding)
+// times Inf or NaN in x is NaN, a column a row does not store adds nothing.
+// (The dense scratch holds every zero, so with Inf or NaN in x the dense
+// route is replaced by the sparse one.) The vector and sparse routes sum
+// each row on one thread in a fixed order, so their results do not depend
+// on the thread count; BLAS's may.
+//
+// The kernels exist once per instruction-set variant (kernel_variants.h:
+// baseline, AVX2, AVX-512, the best the CPU runs, MACKO_CPU_KERNELS caps it).
 #include <torch/library.h>
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
+#include "kernel_variants.h"
 #include "row_walk.h"
 
 namespace macko {
 namespace {
 
-using cpu::for_each_entry;
+using cpu::Kernels;
 
-at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas,
-                        const at::Tensor& row_indices, int64_t rows,
-                        int64_t cols, const at::Tensor& x_in) {
+// The vector kernels keep columns in 32-bit lanes (plus a chunk's 256 of
+// headroom); wider matrices use the baseline kernels.
+constexpr int64_t kMaxVectorCols = (int64_t{1} << 31) - 1024;
+
+// A compressed matrix as the kernels read it.
+template <typename scalar_t, typename index_t>
+struct Stream {
+  const scalar_t* values;
+  const uint8_t* deltas;
+  const index_t* row_indices;
+  int64_t n_entries;  // values.numel(): a multiple of kGroupEntries
+  int64_t cols;
+};
+
+template <typename T>
+inline T bit_cast_to(const void* p) {
+  T t;
+  std::memcpy(&t, p, sizeof(T));
+  return t;
+}
+
+// A value as float without branches (the baseline kernels' conversion).
+// fp16: normal numbers, Inf and NaN by rebiasing the exponent in integer
+// arithmetic; subnormals (and zero) as their integer mantissa times 2^-24,
+// an exact product of normal floats; a mask selects one of the two.
+template <typename scalar_t>
+inline float value_to_float(scalar_t v) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return v;
+  } else {
+    const uint32_t h = bit_cast_to<uint16_t>(&v);
+    uint32_t bits;
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+      bits = h << 16;
+    } else {
+      const uint32_t magnitude = h & 0x7FFFu;
+      uint32_t normal = (magnitude << 13) + 0x38000000u;                    // exponent + (127 - 15)
+      normal += static_cast<uint32_t>(magnitude >= 0x7C00u) * 0x38000000u;  // Inf/NaN: exponent 255
+      const float tiny = static_cast<float>(static_cast<int32_t>(magnitude)) * 0x1p-24f;
+      const uint32_t is_tiny = 0u - static_cast<uint32_t>(magnitude < 0x400u);
+      bits = ((h & 0x8000u) << 16) | (is_tiny & bit_cast_to<uint32_t>(&tiny)) | (~is_tiny & normal);
+    }
+    return bit_cast_to<float>(&bits);
+  }
+}
+
+// Scratch memory of the calling thread, reused across calls (the OpenMP
+// pool's threads live as long as the process): slot's buffer grown to at
+// least count elements, uninitialised, 64-byte aligned. Saves an
+// allocation and a page-fault-and-zero pass per call, which dominate the
+// small products of a model's layers.
+template <typename T>
+T* thread_scratch(int slot, int64_t count) {
+  struct Buffer {
+    std::unique_ptr<unsigned char[]> data;
+    size_t bytes = 0;
+  };
+  thread_local Buffer buffers[4];
+  Buffer& buffer = buffers[slot];
+  const size_t bytes = static_cast<size_t>(count) * sizeof(T) + 64;
+  if (buffer.bytes < bytes) {
+    buffer.data.reset(new unsigned char[bytes]);
+    buffer.bytes = bytes;
+  }
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(buffer.data.get()) + 63) & ~uintptr_t{63});
+}
+
+namespace baseline {
+#define MACKO_MULTIPLY_ISA 0
+#include "multiply_kernels.inc"
+#undef MACKO_MULTIPLY_ISA
+}  // namespace baseline
+
+#if MACKO_CPU_X86_DISPATCH
+MACKO_CPU_BEGIN_AVX2
+namespace avx2 {
+#define MACKO_MULTIPLY_ISA 1
+#include "multiply_kernels.inc"
+#undef MACKO_MULTIPLY_ISA
+}  // namespace avx2
+MACKO_CPU_END_TARGET
+MACKO_CPU_BEGIN_AVX512
+// GCC 12 warns that the AVX-512 headers' own _mm512_undefined_* values are
+// (or may be) used uninitialized where their intrinsics inline: a false
+// positive (the values are placeholders the instructions overwrite).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+namespace avx512 {
+#define MACKO_MULTIPLY_ISA 2
+#include "multiply_kernels.inc"
+#undef MACKO_MULTIPLY_ISA
+}  // namespace avx512
+#pragma GCC diagnostic pop
+MACKO_CPU_END_TARGET
+#endif  // MACKO_CPU_X86_DISPATCH
+
+// Calls f(Ops{}) with the Ops of the chosen variant.
+template <typename F>
+void with_kernels(Kernels kernels, F&& f) {
+#if MACKO_CPU_X86_DISPATCH
+  if (kernels == Kernels::kAvx512) return f(avx512::Ops{});
+  if (kernels == Kernels::kAvx2) return f(avx2::Ops{});
+#endif
+  (void)kernels;
+  f(baseline::Ops{});
+}
+
+// fp32 subnormals among the right-hand sides (from fp32 or bf16 x; fp16
+// values are all normal as fp32) make every FMA that reads one take a
+// microcode assist: ~30x slower on the Intel cores this was measured on.
+// Flushing them (DAZ) would change the results; instead, when x holds
+// subnormals and no finite value of 2^64 or more, the kernels multiply x
+// scaled by 2^24 (exact: every subnormal becomes normal, no value nears
+// overflow) and scale the results back by 2^-24.
+constexpr float kSubnormalScale = 0x1p24f;
+
+// The factor the results need if x[0, n) is to be scaled (1 if not).
+inline float subnormal_rescale(const float* x, int64_t n) {
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(x);
+  uint32_t subnormal = 0, large = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t exponent = bits[i] & 0x7F800000u;
+    subnormal |= static_cast<uint32_t>(exponent == 0) & static_cast<uint32_t>((bits[i] & 0x007FFFFFu) != 0);
+    large |= static_cast<uint32_t>(exponent >= (127u + 64u) << 23) & static_cast<uint32_t>(exponent != 0x7F800000u);
+  }
+  return subnormal && !large ? 1.0f / kSubnormalScale : 1.0f;
+}
+
+// x[0, n) *= kSubnormalScale, without arithmetic on subnormals (which is
+// what is being avoided): normal numbers gain 24 in the exponent field, a
+// subnormal's mantissa becomes the float mantissa * 2^-125.
+inline void scale_up(float* x, int64_t n) {
+  uint32_t* bits = reinterpret_cast<uint32_t*>(x);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t b = bits[i], exponent = b & 0x7F800000u;
+    const float tiny = static_cast<float>(static_cast<int32_t>(b & 0x007FFFFFu)) * 0x1p-125f;
+    const uint32_t scaled_tiny = bit_cast_to<uint32_t>(&tiny) | (b & 0x80000000u);
+    const uint32_t scaled = exponent == 0x7F800000u ? b : b + (24u << 23);
+    bits[i] = exponent == 0 ? scaled_tiny : scaled;
+  }
+}
+
+enum class Route { kVector, kSparse, kDense };
+
+// Bytes of the dense route's fp32 scratch (a tile of rows): big enough for
+// BLAS to run at full rate, small enough to stay out of the way.
+constexpr int64_t kDenseScratchBytes = int64_t{16} << 20;
+
+// The route for a batch of right-hand sides (see the top of the file).
+template <typename Ops>
+Route choose_route(int64_t batch, int64_t rows, int64_t cols, int64_t stored) {
+  const char* forced = std::getenv("MACKO_CPU_MULTIPLY_ROUTE");
+  if (forced != nullptr && forced[0] != '\0') {
+    if (std::strcmp(forced, "vector") == 0 && batch <= Ops::kVectorBatch) return Route::kVector;
+    if (std::strcmp(forced, "vector") == 0 || std::strcmp(forced, "sparse") == 0) return Route::kSparse;
+    if (std::strcmp(forced, "dense") == 0) return Route::kDense;
+    TORCH_CHECK_VALUE(false, "MACKO_CPU_MULTIPLY_ROUTE must be vector, sparse or dense (or unset), got '", forced,
+                      "'");
+  }
+  const double stored_fraction = static_cast<double>(stored) / (static_cast<double>(rows) * cols);
+  // The vector kernel's cost grows with each right-hand side, the sparse
+  // kernel's hardly up to 16; at low density (the vector kernel's widest
+  // windows) two vectors already cost as much as the batch kernel.
+  if (batch <= Ops::kVectorBatch && (batch <= 2 || stored_fraction >= 0.25)) return Route::kVector;
+  // Per right-hand side, the sparse kernel costs about a per stored entry
+  // and 64 right-hand sides (a register tile), the dense route g per dense
+  // element plus z per dense element once (decompressing, converting).
+  // Measured on the 2-core Xeon (AVX-512) this was tuned on, 8192x8192
+  // fp16 (benchmarks/cpu_multiply.py, forced routes): a ~ 1.4 ns, g ~ 0.0066
+  // ns, z ~ 1.4 ns, so the sparse route wins while the stored fraction is
+  // below (g + z / batch) * 64 / a = 0.30 + 64 / batch (about).
+  return stored_fraction < 0.30 + 64.0 / static_cast<double>(batch) ? Route::kSparse : Route::kDense;
+}
+
+// X [batch, cols] (scalar_t) -> X^T in fp32, in the batch kernel's tiles
+// (Ops::tile_width). Blocks of columns, so that reads and writes stay in
+// cache lines.
+template <typename Ops, typename scalar_t>
+void transpose_to_tiles(const scalar_t* x, int64_t batch, int64_t cols, float* xt) {
+  constexpr int64_t kBlockCols = 64;
+  const int64_t blocks = (cols + kBlockCols - 1) / kBlockCols;
+  const int64_t last = (batch - 1) / Ops::kTileWidth * Ops::kTileWidth;  // the last tile
+  const int64_t last_width = Ops::tile_width(batch, last);
+  at::parallel_for(0, blocks, std::max<int64_t>(1, 32768 / (batch * kBlockCols)), [&](int64_t q0, int64_t q1) {
+    float converted[kBlockCols];
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t c0 = q * kBlockCols;
+      const int64_t width = std::min(kBlockCols, cols - c0);
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t j0 = b / Ops::kTileWidth * Ops::kTileWidth;
+        const int64_t tile_width = Ops::tile_width(batch, j0);
+        float* tile = xt + j0 * cols + (b - j0);
+        Ops::to_float(x + b * cols + c0, width, converted);
+        for (int64_t c = 0; c < width; ++c) tile[(c0 + c) * tile_width] = converted[c];
+      }
+      for (int64_t c = c0; c < c0 + width; ++c) {  // the last tile's padding
+        float* row = xt + last * cols + c * last_width;
+        std::fill(row + (batch - last), row + last_width, 0.0f);
+      }
+    }
+  });
+}
+
+template <typename Ops, typename scalar_t, typename index_t>
+void multiply_vector(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
+                     scalar_t* y) {
+  // x as fp32, each right-hand side followed by the zeros that the kernels
+  // may read past its end.
+  const int64_t x_stride = s.cols + Ops::kXPadding;
+  at::Tensor converted = at::empty({batch * x_stride}, x.options().dtype(at::kFloat));
+  float* x32 = converted.mutable_data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    Ops::to_float(x.const_data_ptr<scalar_t>() + b * s.cols, s.cols, x32 + b * x_stride);
+    std::fill(x32 + b * x_stride + s.cols, x32 + (b + 1) * x_stride, 0.0f);
+  }
+  float out_scale = 1.0f;
+  if constexpr (!std::is_same_v<scalar_t, c10::Half>) {
+    out_scale = subnormal_rescale(x32, batch * x_stride);
+    if (out_scale != 1.0f) scale_up(x32, batch * x_stride);
+  }
+  at::parallel_for(0, rows, row_grain(s.cols), [&](int64_t r0, int64_t r1) {
+    Ops::vector_rows(s, x32, x_stride, batch, out_scale, r0, r1, y, rows);
+  });
+}
+
+template <typename Ops, typename scalar_t, typename index_t>
+void multiply_sparse(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
+                     scalar_t* y) {
+  at::Tensor xt = at::empty({Ops::round_up_lanes(batch) * s.cols}, x.options().dtype(at::kFloat));
+  float* xtp = xt.mutable_data_ptr<float>();
+  transpose_to_tiles<Ops>(x.const_data_ptr<scalar_t>(), batch, s.cols, xtp);
+  float out_scale = 1.0f;
+  if constexpr (!std::is_same_v<scalar_t, c10::Half>) {
+    out_scale = subnormal_rescale(xtp, xt.numel());
+    if (out_scale != 1.0f) scale_up(xtp, xt.numel());
+  }
+  at::parallel_for(0, rows, row_grain(s.cols),
+                   [&](int64_t r0, int64_t r1) { Ops::batch_rows(s, xtp, batch, out_scale, r0, r1, y, rows); });
+}
+
+template <typename Ops, typename scalar_t, typename index_t>
+void multiply_dense(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
+                    at::Tensor& y) {
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor x32 = x;
+  at::Tensor y32 = y;
+  if constexpr (!std::is_same_v<scalar_t, float>) {
+    x32 = at::empty({batch, s.cols}, f32);
+    y32 = at::empty({batch, rows}, f32);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    float* x32p = x32.mutable_data_ptr<float>();
+    at::parallel_for(0, batch, row_grain(s.cols), [&](int64_t b0, int64_t b1) {
+      Ops::to_float(xp + b0 * s.cols, (b1 - b0) * s.cols, x32p + b0 * s.cols);
+    });
+  }
+  float out_scale = 1.0f;
+  if constexpr (!std::is_same_v<scalar_t, c10::Half>) {
+    out_scale = subnormal_rescale(x32.const_data_ptr<float>(), x32.numel());
+    if (out_scale != 1.0f) {
+      if (x32.is_same(x)) x32 = x.clone();
+      scale_up(x32.mutable_data_ptr<float>(), x32.numel());
+    }
+  }
+  const int64_t tile_rows = std::clamp<int64_t>(kDenseScratchBytes / (4 * s.cols), 1, rows);
+  at::Tensor tile = at::empty({tile_rows, s.cols}, f32);
+  float* tp = tile.mutable_data_ptr<float>();
+  for (int64_t t0 = 0; t0 < rows; t0 += tile_rows) {
+    const int64_t t1 = std::min(rows, t0 + tile_rows);
+    at::parallel_for(t0, t1, row_grain(s.cols),
+                     [&](int64_t r0, int64_t r1) { Ops::decompress_rows(s, r0, r1, tp + (r0 - t0) * s.cols); });
+    at::Tensor out = y32.narrow(1, t0, t1 - t0);
+    at::mm_out(out, x32, tile.narrow(0, 0, t1 - t0).t());
+  }
+  if (out_scale != 1.0f) y32.mul_(out_scale);
+  if constexpr (!std::is_same_v<scalar_t, float>) {
+    const float* y32p = y32.const_data_ptr<float>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, batch, row_grain(rows), [&](int64_t b0, int64_t b1) {
+      Ops::from_float(y32p + b0 * rows, (b1 - b0) * rows, yp + b0 * rows);
+    });
+  }
+}
+
+at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices,
+                        int64_t rows, int64_t cols, const at::Tensor& x_in) {
   check_compressed(values, deltas, row_indices, rows, cols);
   check_multiply_input(values, cols, x_in);
   const at::Tensor x = x_in.contiguous();
   const int64_t batch = x.dim() == 2 ? x.size(0) : 1;
-  at::Tensor y = x.dim() == 2 ? at::empty({batch, rows}, values.options())
-                              : at::empty({rows}, values.options());
+  at::Tensor y = x.dim() == 2 ? at::empty({batch, rows}, values.options()) : at::empty({rows}, values.options());
+  if (y.numel() == 0) return y;
+  if (cols == 0) return y.zero_();  // no column to store an entry in
+  const Kernels kernels = cols <= kMaxVectorCols ? cpu::chosen_kernels() : Kernels::kBaseline;
   MACKO_DISPATCH_VALUE_TYPES(values.scalar_type(), "macko_multiply_cpu", [&] {
     MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
-      const scalar_t* v = values.const_data_ptr<scalar_t>();
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, rows, row_grain(cols), [&](int64_t r0, int64_t r1) {
-        // One row at a time, all right-hand sides together: fp32 sums.
-        std::vector<float> acc(batch);
-        for (int64_t r = r0; r < r1; ++r) {
-          std::fill(acc.begin(), acc.end(), 0.0f);
-          for_each_entry(row_indices.const_data_ptr<index_t>(),
-                         deltas.const_data_ptr<uint8_t>(), values.numel(), cols,
-                         r, r + 1, [&](int64_t, int64_t k, int64_t col) {
-                           const float value = static_cast<float>(v[k]);
-                           for (int64_t b = 0; b < batch; ++b) {
-                             acc[b] += value * static_cast<float>(xp[b * cols + col]);
-                           }
-                         });
-          for (int64_t b = 0; b < batch; ++b) {
-            yp[b * rows + r] = static_cast<scalar_t>(acc[b]);
-          }
+      const Stream<scalar_t, index_t> s{values.const_data_ptr<scalar_t>(), deltas.const_data_ptr<uint8_t>(),
+                                        row_indices.const_data_ptr<index_t>(), values.numel(), cols};
+      // Every route takes x as [batch, cols] and y as [batch, rows].
+      const at::Tensor x2 = x.view({batch, cols});
+      at::Tensor y2 = y.view({batch, rows});
+      with_kernels(kernels, [&](auto ops) {
+        using Ops = decltype(ops);
+        scalar_t* yp = y2.mutable_data_ptr<scalar_t>();
+        Route route = choose_route<Ops>(batch, rows, cols, values.numel());
+        // The dense scratch holds every zero, and 0 * Inf = NaN would reach
+        // columns a row does not store: with Inf or NaN in x, sum over the
+        // stored entries only, as the other routes do.
+        if (route == Route::kDense && !Ops::all_finite(x2.const_data_ptr<scalar_t>(), batch * cols)) {
+          route = Route::kSparse;
+        }
+        if (route == Route::kVector) {
+          multiply_vector<Ops>(s, x2, batch, rows, yp);
+        } else if (route == Route::kSparse) {
+          multiply_sparse<Ops>(s, x2, batch, rows, yp);
+        } else {
+          multiply_dense<Ops>(s, x2, batch, rows, y2);
         }
       });
     });
