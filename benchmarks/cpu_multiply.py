@@ -53,6 +53,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if glob.glob(os.path.join(ROOT, "macko_spmv", "_C*.so")):
     sys.path.insert(0, ROOT)
 import macko_spmv  # noqa: E402
+from macko_spmv.bench import matrices, records  # noqa: E402
+from macko_spmv.bench.timing import interleaved_times_ms  # noqa: E402
 
 CSV_COLUMNS = [
     "section", "impl", "dtype", "shape", "density", "stored_fraction", "batch", "x", "threads", "runs",
@@ -64,43 +66,8 @@ ROUTES = ("vector", "sparse", "dense")
 
 
 def random_pruned(rows, cols, density, dtype, seed):
-    """Normal values (never zero) kept with probability `density`."""
-    gen = torch.Generator().manual_seed(seed)
-    values = torch.randn(rows, cols, generator=gen)
-    values[values == 0] = 1.0
-    keep = torch.rand(rows, cols, generator=gen) < density
-    return (values * keep).to(dtype)
-
-
-def interleaved_times_ms(ops, runs, min_runs, budget_s, warmup=2):
-    """Wall times (ms) of each op in `ops` (name -> callable), measured in
-    rounds that call every op once, so that a slow spell of a shared machine
-    falls on all of them alike: `runs` rounds, or, where a round takes long,
-    at least min_runs and as many more as fit in budget_s."""
-    for op in ops.values():
-        for _ in range(warmup):
-            op()
-    times = {name: [] for name in ops}
-    start = time.perf_counter()
-    for done in range(runs):
-        if done >= min_runs and time.perf_counter() - start > budget_s:
-            break
-        for name, op in ops.items():
-            t0 = time.perf_counter()
-            op()
-            times[name].append(1e3 * (time.perf_counter() - t0))
-    return times
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The shared test matrix (macko_spmv.bench.matrices), on the CPU."""
+    return matrices.random_pruned(rows, cols, density, dtype, matrices.seeded_generator(seed))
 
 
 def load_average():
@@ -441,7 +408,7 @@ def main(argv=None):
         "command": shlex.join(["python", "benchmarks/cpu_multiply.py", *argv]),
         "date": date,
         "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
+        "cpu": records.cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "cpu_kernels": torch.ops.macko_spmv._cpu_kernels(),

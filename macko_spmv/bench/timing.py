@@ -111,6 +111,26 @@ def cuda_event_times_us(device, count, call, before=None):
     return [start.elapsed_time(end) * 1e3 for start, end in zip(starts, ends)]
 
 
+def interleaved_times_ms(ops, runs, min_runs, budget_s, warmup=2):
+    """Wall times (ms) of each op in `ops` (name -> callable), measured in
+    rounds that call every op once, so that a slow spell of a shared machine
+    falls on all of them alike: `runs` rounds, or, where a round takes long,
+    at least min_runs and as many more as fit in budget_s."""
+    for op in ops.values():
+        for _ in range(warmup):
+            op()
+    times = {name: [] for name in ops}
+    start = time.perf_counter()
+    for done in range(runs):
+        if done >= min_runs and time.perf_counter() - start > budget_s:
+            break
+        for name, op in ops.items():
+            t0 = time.perf_counter()
+            op()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
 class CpuTimer:
     """Wall time of one call with time.perf_counter; no cache flush."""
 
