@@ -3,8 +3,9 @@
     ncu --clock-control none --section SpeedOfLight --section WarpStateStats \
         -k regex:multiply_kernel python benchmarks/profile_multiply.py 8192x8192:0.5 8192x8192:0.1
 
-Each argument is ROWSxCOLS:DENSITY[:BATCH]; fp16 unless --dtype says otherwise;
-``--route NAME`` runs the calls with MACKO_MULTIPLY_ROUTE=NAME, as the benchmark does.
+Each argument is ROWSxCOLS:DENSITY[:BATCH[:ROUTE]]; fp16 unless --dtype says
+otherwise; a case's ROUTE, else ``--route NAME``, runs its call with
+MACKO_MULTIPLY_ROUTE=NAME, as the benchmark does.
 """
 
 import argparse
@@ -25,11 +26,13 @@ def main():
     dtype = getattr(torch, args.dtype)
     gen = seeded_generator(0, "cuda")
     for case in args.cases:
-        shape, density, *batch = case.split(":")
+        shape, density, *rest = case.split(":")
+        batch = int(rest[0]) if rest and rest[0] else None
+        route = rest[1] if len(rest) > 1 else args.route
         rows, cols = (int(v) for v in shape.split("x"))
         A = macko_spmv.compress(random_pruned(rows, cols, float(density), dtype, gen))
-        x = random_vectors(int(batch[0]) if batch else None, cols, dtype, gen)
-        with multiply_route(args.route):
+        x = random_vectors(batch, cols, dtype, gen)
+        with multiply_route(route):
             macko_spmv.multiply(A, x)
         torch.cuda.synchronize()
         print(f"{case}: {A}")
