@@ -18,7 +18,8 @@
 # macko_spmv e2e`, E2E_ARGS: default dense, d=0.5 and 0.1, prompts
 # 128/512/2048, decode batches 1 and 8, with the logits check and a
 # profile), profile (Nsight Compute over benchmarks/profile_multiply.py,
-# PROFILE_CASES). ROUTE (default auto) is passed to bench and batch as
+# PROFILE_CASES, kernels matching the regex PROFILE_KERNELS, default
+# multiply_kernel). ROUTE (default auto) is passed to bench and batch as
 # --route. Stages run in that order. Measured data lands in
 # $OUT/results.tgz, refreshed after every stage so that a run cut short
 # keeps what it measured.
@@ -124,9 +125,9 @@ if has profile; then
     dispatch_stall branch_resolving drain tex_throttle)
   ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section Occupancy \
     --section LaunchStats --section MemoryWorkloadAnalysis --section InstructionStats --metrics "${stalls%,}" \
-    -k regex:multiply_kernel $PYTHON benchmarks/profile_multiply.py ${PROFILE_CASES:-8192x8192:0.5 8192x8192:0.1} \
+    -k "regex:${PROFILE_KERNELS:-multiply_kernel}" $PYTHON benchmarks/profile_multiply.py ${PROFILE_CASES:-8192x8192:0.5 8192x8192:0.1} \
     >"$OUT/results/profile.txt" 2>&1 || status=1
-  grep -E "multiply_kernel|Duration|DRAM Throughput|Compute \(SM\)|Warp Cycles Per Issued|Achieved Occupancy|Issued Instructions  |issue_stalled" \
+  grep -E "_kernel|Duration|DRAM Throughput|Compute \(SM\)|Warp Cycles Per Issued|Achieved Occupancy|Issued Instructions  |issue_stalled" \
     "$OUT/results/profile.txt" | sed -e 's/smsp__average_warps_issue_stalled_/stall /' -e 's/_per_issue_active.ratio//' | head -80
 fi
 

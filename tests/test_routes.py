@@ -30,7 +30,7 @@ def poisoned_multiply(A, x):
     return macko_spmv.multiply(A, x)
 
 
-@pytest.mark.parametrize("shape", [(1, 300), (300, 1), (13, 97), (257, 1031), (5, 4099), (300, 8), (19, 264), (33, 1040)])
+@pytest.mark.parametrize("shape", [(1, 300), (300, 1), (13, 97), (257, 1031), (5, 4099), (300, 8), (19, 264), (33, 1040), (21, 2056)])
 @pytest.mark.parametrize("density", [1.0, 0.3, 0.02])
 @pytest.mark.parametrize("batch", [1, 2, 3, 8, 9, 16, 33, 130])
 def test_routes_agree_with_float64(route, dtype, shape, density, batch, gen):

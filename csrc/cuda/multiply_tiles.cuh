@@ -2,35 +2,38 @@
 // of 16-bit values per pass: "load as sparse, compute as dense".
 //
 // Algorithm. A block takes kTileRows (16) consecutive rows, one warp per
-// row, and walks them in lockstep through the columns, kSegmentCols (256)
-// at a time. For each segment every warp clears its row of a dense tile in
-// shared memory and stores its row's entries of the segment into it: the
+// row, and walks them in lockstep through the columns, one segment of
+// kSegmentCols columns at a time (1024, 512 or 256 by batch width:
+// segment_cols). For each segment every warp clears its row of a dense tile
+// in shared memory and stores its row's entries of the segment into it: the
 // warp walks its row's stream a warp step (256 entries, an aligned group
 // per lane) at a time, decoding columns as every kernel here does
 // (group_decode.cuh), and keeps a step that runs into the next segment for
 // the next one. Meanwhile the block copies the segment's columns of x
 // ([batch][cols]) into a second tile with cp.async. After one barrier the
-// tile is a dense 16 x 256 block of M and x's 256 x batch block beside it:
-// the tensor cores multiply them (mma.m16n8k16, operands loaded with
-// ldmatrix), each warp one n-tile of 8 right-hand sides and a slice of the
-// 16 k-steps, accumulating across segments. Two buffers alternate, so a
-// segment's stores overlap the previous segment's products, and x's block
-// of a segment is copied during the segment before; at the rows' end the
-// warps' partial sums are added in shared memory and written to y.
+// tile is a dense 16 x kSegmentCols block of M and x's kSegmentCols x batch
+// block beside it: the tensor cores multiply them (mma.m16n8k16, operands
+// loaded with ldmatrix), each warp one n-tile of 8 right-hand sides and a
+// slice of the segment's k-steps, accumulating across segments. Two buffers
+// alternate, so a segment's stores overlap the previous segment's
+// products, and x's block of a segment is copied during the segment before;
+// at the rows' end the warps' partial sums are added in shared memory and
+// written to y.
 //
 // Why. The streaming kernel gathers kBatch values of x per stored entry
 // from shared memory (16 bytes at batch 8, with random bank conflicts) and
 // its registers grow with the batch: past batch 2-4 it is bound by those
-// gathers. Here x is read by ldmatrix in whole 16-byte rows, once per
-// 16 x 256 tile, and the cost per stored entry is its decode and one 2-byte
-// store, whatever the batch; the dense products cost the tensor cores
-// little. The matrix is still read once per pass, in coalesced 16-byte
-// loads, with two steps per warp in flight.
+// gathers. Here x is read by ldmatrix in whole 16-byte rows, once per tile,
+// and the cost per stored entry is its decode and one 2-byte store, whatever
+// the batch; the dense products cost the tensor cores little. The matrix is
+// still read once per pass, in coalesced 16-byte loads, with two steps per
+// warp in flight. What a segment costs besides its entries (clearing, x's
+// copies, the barrier) is the same for every segment, hence wide segments.
 //
-// Layout. Tile rows are kRowPitch scalars apart (256 + 8: the 16 bytes of
-// padding put ldmatrix's 8 row addresses in distinct banks). x must have
-// unit column stride, 16-byte aligned rows, and cols a multiple of 8
-// (multiply.cu checks, and copies x otherwise).
+// Layout. Tile rows are kRowPitch scalars apart (kSegmentCols + 8: the 16
+// bytes of padding put ldmatrix's 8 row addresses in distinct banks). x
+// must have unit column stride, 16-byte aligned rows, and cols a multiple
+// of 8 (multiply.cu checks, and copies x otherwise).
 #pragma once
 
 #include <algorithm>
@@ -46,22 +49,37 @@ namespace tiles_impl {
 
 constexpr int kTileRows = 16;  // one warp a row, one mma tile high
 constexpr int kTileThreads = kTileRows * kWarpSize;
-constexpr int kSegmentCols = 256;
-constexpr int kKSteps = kSegmentCols / 16;  // mma k-steps per segment
-constexpr int kRowPitch = kSegmentCols + 8;
-constexpr int kMaxBatch = 64;               // right-hand sides per pass: 8 n-tiles
-static_assert(kSegmentCols == kWarpSize * 8, "a warp clears a tile row with one 16-byte store a lane");
+constexpr int kMaxBatch = 64;  // right-hand sides per pass: 8 n-tiles
+// Columns a warp clears with one 16-byte store a lane.
+constexpr int kClearCols = kWarpSize * 8;
+
+// A segment's width, by n-tiles: as wide as keeps two blocks' double
+// buffers (~100 KB each) on one SM. Each segment costs every warp a fixed
+// ~190 instructions (clearing, x's copies, the walk's entry and exit, the
+// barrier: Nsight Compute on an H200, NOTES v13i), so wider segments spend
+// fewer of them per column.
+constexpr int segment_cols(int n_tiles) { return n_tiles == 1 ? 1024 : n_tiles <= 4 ? 512 : 256; }
 
 template <int kNTiles>
 struct TileShape {
-  static_assert(kTileRows % kNTiles == 0 && kKSteps % (kTileRows / kNTiles) == 0, "warps split the n-tiles evenly");
+  static constexpr int kSegmentCols = segment_cols(kNTiles);
+  static constexpr int kKSteps = kSegmentCols / 16;  // mma k-steps per segment
+  // Tile rows kRowPitch scalars apart: 16 bytes past a multiple of 128 put
+  // ldmatrix's 8 row addresses in distinct banks.
+  static constexpr int kRowPitch = kSegmentCols + 8;
   static constexpr int kBatchPad = kNTiles * 8;
-  static constexpr int kWarpsPerNTile = kTileRows / kNTiles;   // k-slices of each n-tile
+  static constexpr int kWarpsPerNTile = kTileRows / kNTiles;  // k-slices of each n-tile
   static constexpr int kKStepsPerWarp = kKSteps / kWarpsPerNTile;
   static constexpr int kMatrixBytes = kTileRows * kRowPitch * 2;
   static constexpr int kXBytes = kBatchPad * kRowPitch * 2;
   static constexpr int kBufferBytes = kMatrixBytes + kXBytes;
   static constexpr int kSharedBytes = 2 * kBufferBytes;
+  // x's copies of a segment: 16 bytes each, kXCopiesPerThread a thread.
+  static constexpr int kChunksPerXRow = kSegmentCols / 8;
+  static constexpr int kXCopiesPerThread = kBatchPad * kChunksPerXRow / kTileThreads;
+  static_assert(kSegmentCols % kClearCols == 0 && kSegmentCols % 64 == 0, "whole clearing stores, skewed pitch");
+  static_assert(kTileRows % kNTiles == 0 && kKSteps % kWarpsPerNTile == 0, "warps split the n-tiles evenly");
+  static_assert(kXCopiesPerThread * kTileThreads == kBatchPad * kChunksPerXRow, "x's copies split evenly");
   static_assert(kTileRows * kWarpSize * 4 * 4 <= kMatrixBytes, "the final sums fit in buffer 0's matrix tile");
 };
 
@@ -96,6 +114,8 @@ template <typename scalar_t, typename index_t, int kNTiles>
 __global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const TileArgs<scalar_t, index_t> args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using Shape = TileShape<kNTiles>;
+  constexpr int kSegmentCols = Shape::kSegmentCols;
+  constexpr int kRowPitch = Shape::kRowPitch;
   extern __shared__ uint4 shared_words[];
   char* shared = reinterpret_cast<char*>(shared_words);
   const int lane = threadIdx.x % kWarpSize;
@@ -118,11 +138,13 @@ __global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const Ti
   auto copy_x = [&](int segment) {
     scalar_t* x_tile = reinterpret_cast<scalar_t*>(shared + (segment & 1) * Shape::kBufferBytes + Shape::kMatrixBytes);
     const int lo = segment * kSegmentCols;
-    for (int c = threadIdx.x; c < args.batch * (kSegmentCols / 8); c += blockDim.x) {
-      const int b = c / (kSegmentCols / 8);
-      const int chunk = c % (kSegmentCols / 8);
-      const int first_col = lo + chunk * 8;
-      scalar_t* dst = x_tile + b * kRowPitch + chunk * 8;
+#pragma unroll
+    for (int i = 0; i < Shape::kXCopiesPerThread; ++i) {
+      const int c = threadIdx.x + i * kTileThreads;
+      const int b = c / Shape::kChunksPerXRow;  // powers of two: shifts
+      const int first_col = lo + (c % Shape::kChunksPerXRow) * 8;
+      scalar_t* dst = x_tile + b * kRowPitch + (first_col - lo);
+      if (b >= args.batch) continue;
       if (first_col < args.cols) {
         copy16_async(dst, args.x + b * args.x_stride + first_col);
       } else {
@@ -162,7 +184,10 @@ __global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const Ti
       // This warp's row of the tile: cleared, then the row's entries of the
       // segment.
       scalar_t* tile_row = matrix_tile + warp * kRowPitch;
-      reinterpret_cast<uint4*>(tile_row)[lane] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int i = 0; i < kSegmentCols / kClearCols; ++i) {
+        reinterpret_cast<uint4*>(tile_row)[i * kWarpSize + lane] = make_uint4(0, 0, 0, 0);
+      }
       __syncwarp();
       const scalar_t* entry = reinterpret_cast<const scalar_t*>(current.group.words);
       while (walking) {  // warp-uniform
