@@ -646,7 +646,18 @@ def first_step(args, model, config, device, batch, cache_len):
 def run_variant(args, variant, config, device, dtype, env, out_dir, stage=lambda text: None):
     """Builds, (prunes and converts,) checks, times every scenario and
     profiles one variant; returns its CSV rows, one per scenario. Everything
-    it allocated is released on return."""
+    it allocated is released on return: the measuring happens in a frame of
+    its own, so that no local name there (a decoder, a loop variable) still
+    holds the model when the memory is given back and the next variant's
+    allocated_at_start_bytes is read."""
+    try:
+        return _measure_variant(args, variant, config, device, dtype, env, out_dir, stage)
+    finally:
+        stage("release")
+        release_memory(device)
+
+
+def _measure_variant(args, variant, config, device, dtype, env, out_dir, stage):
     nan = math.nan
     common = {**env, "config": args.config, "dtype": args.dtype, "variant": variant.kind,
               "density": variant.density, "pruned": int(variant.kind != "dense"), "new_tokens": args.new_tokens,
@@ -761,9 +772,6 @@ def run_variant(args, variant, config, device, dtype, env, out_dir, stage=lambda
         with open(os.path.join(out_dir, f"profile-{variant.label}.txt"), "w") as text_file:
             text_file.write(format_profile(breakdown, steps, title, step_ms))
 
-    stage("release")
-    del decoders, single, model, references, check_tokens
-    release_memory(device)
     return [{**row, **variant_facts} for row in rows]
 
 

@@ -321,6 +321,37 @@ def test_append_adds_rows_to_an_earlier_run(results_dir, tmp_path):
         assert len(json.load(file)["commands"]) == 2
 
 
+def test_each_variant_frees_its_model_before_the_next(monkeypatch, tmp_path):
+    """No reference to a variant's model outlives run_variant (a decoder
+    left in a local name kept the dense model allocated while the sparse
+    variants ran, and their peak memory counted it)."""
+    import gc
+    import weakref
+
+    built = []
+    build = e2e.build_model
+
+    def recording_build(*args, **kwargs):
+        model = build(*args, **kwargs)
+        built.append(weakref.ref(model))
+        return model
+
+    def alive_at_build(*args, **kwargs):
+        # No gc.collect() here: a model caught in a reference cycle stays
+        # allocated until a collection, which release_memory must have made
+        # after the last reference went away.
+        assert all(ref() is None for ref in built), "an earlier variant's model is still allocated"
+        return recording_build(*args, **kwargs)
+
+    monkeypatch.setattr(e2e, "build_model", alive_at_build)
+    assert e2e.main(["--config", "tiny", "--device", "cpu", "--densities", "0.5", "--runs", "1", "--new-tokens", "2",
+                     "--prompt-lens", "4", "--batches", "1", "--no-compile", "--no-progress", "--no-plot",
+                     "--check", "--check-prompt-len", "6", "--profile", "--profile-steps", "1",
+                     "--out", str(tmp_path)]) == 0  # fmt: skip
+    gc.collect()
+    assert len(built) == 2 and all(ref() is None for ref in built)
+
+
 def test_kernel_breakdown_splits_the_window():
     events = [
         {"ph": "X", "cat": "kernel", "name": "void macko::multiply_kernel<half>(...)", "ts": 0.0, "dur": 10.0},
