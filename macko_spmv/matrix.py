@@ -195,10 +195,10 @@ def multiply(A, x):
     while a zero the format skips contributes nothing (a dense product
     would give NaN there). This holds on the CPU for every batch (its dense
     route checks x first). On a GPU, batches past the stream route's limit
-    (more than 8 vectors; 16 below a quarter stored) run as a dense product
-    of decompressed rows instead, with nn.Linear's behaviour for inf and NaN
-    in x; MACKO_MULTIPLY_ROUTE=stream in the environment keeps the stream
-    route for every batch.
+    (more than 8 vectors) run as products of dense tiles instead (the tile
+    kernel up to 16 vectors, decompressed rows and cuBLAS above), with
+    nn.Linear's behaviour for inf and NaN in x; MACKO_MULTIPLY_ROUTE=stream
+    in the environment keeps the stream route for every batch.
     """
     A = as_macko_matrix(A)
     if not isinstance(x, torch.Tensor):

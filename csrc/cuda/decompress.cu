@@ -35,13 +35,6 @@ constexpr int kSharedBytes = kDecompressWarps * kSegmentBytes;
 // Warp steps whose loads each warp keeps in flight (registers: 6 a step for
 // 16-bit values, 10 for fp32).
 constexpr int kPrefetchSteps = 4;
-// Blocks an SM holds at once. 16-bit values fit in 64 registers, so four
-// blocks (32 warps) fit: a 4096-row slab is then walked in one round of
-// rows instead of two (at 76 registers only three blocks fit, 3168 warps on
-// an H200, and the rows past them made a second round: Nsight Compute, 30%
-// occupancy, 25% of DRAM throughput; NOTES v13j). fp32 needs ~100.
-template <typename scalar_t>
-constexpr int kDecompressMinBlocks = sizeof(scalar_t) == 2 ? 4 : 2;
 
 // One warp's segment of a dense row in shared memory: columns
 // [lo, lo + kCols) of the row, zero wherever no entry has been stored.
@@ -91,7 +84,7 @@ __device__ __forceinline__ void zero_tail(scalar_t* out_row, int64_t lo, int col
 // Rows [first_row, first_row + n_rows) of the matrix into out (row i of the
 // slab at out + i * ld).
 template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kDecompressThreads, kDecompressMinBlocks<scalar_t>)
+__global__ void __launch_bounds__(kDecompressThreads)
     decompress_rows_kernel(const scalar_t* __restrict__ values, const uint8_t* __restrict__ deltas,
                            const index_t* __restrict__ row_indices, int64_t n_entries, int64_t first_row,
                            int64_t n_rows, int cols, scalar_t* __restrict__ out, int64_t ld) {

@@ -6,11 +6,9 @@
 //   Its time is the matrix's bytes plus a small cost per right-hand side:
 //   the route for one vector and small batches.
 // - "tiles": the tile kernel (multiply_tiles.cuh) reads the matrix once per
-//   up to 64 right-hand sides, decodes 16 x 256 tiles into shared memory as
-//   dense and multiplies them on the tensor cores. Meant for the batches
-//   past the streaming kernel's, but measured slower than both other routes
-//   so far (benchmarks/NOTES.md, v13g): "auto" does not take it, only
-//   MACKO_MULTIPLY_ROUTE=tiles does. 16-bit values, cols a multiple of 8,
+//   up to 64 right-hand sides, decodes tiles of 16 rows into shared memory
+//   as dense and multiplies them on the tensor cores: the route for batches
+//   just past the streaming kernel's. 16-bit values, cols a multiple of 8,
 //   sm_80 and newer; otherwise the stream route runs instead.
 // - "dense": decompress a slab of rows into a dense scratch (decompress.cu)
 //   and multiply the slab with cuBLAS (at::mm_out), slab after slab. Its
@@ -20,9 +18,10 @@
 //   more), from torch's caching allocator, so layers reuse one block and
 //   torch.cuda.empty_cache() frees it; it is the only extra memory.
 //
-// "auto" takes the stream route up to a batch that depends on the density
-// (kStreamMaxBatch*), the dense route above it: the crossovers measured on
-// an H200 (benchmarks/NOTES.md, v13). MACKO_MULTIPLY_ROUTE=stream|tiles|dense
+// "auto" takes the stream route up to kStreamMaxBatch right-hand sides, the
+// tile kernel up to kTilesMaxBatch where it applies, and the dense route
+// above: the crossovers measured on an H200 (benchmarks/NOTES.md, v13g-k).
+// MACKO_MULTIPLY_ROUTE=stream|tiles|dense
 // in the environment overrides the choice on every call, for benchmarks and
 // tests.
 #include <torch/library.h>
@@ -52,13 +51,17 @@ Route requested_route() {
   TORCH_CHECK_VALUE(false, "MACKO_MULTIPLY_ROUTE must be auto, stream, tiles or dense, got '", name, "'");
 }
 
-// Largest batch that "auto" sends to the streaming kernel, by the fraction
-// of entries stored: below kSparseStoredFraction the matrix's bytes weigh
-// more against the GEMM's, and the stream route wins up to larger batches
-// (H200, fp16: at d=0.5 two passes of 8 take longer than decompress +
-// GEMM, at d=0.1 they do not).
-constexpr int64_t kStreamMaxBatchDense = 8;
-constexpr int64_t kStreamMaxBatchSparse = 16;
+// Largest batch that "auto" sends to the streaming kernel (one pass), and
+// to the tile kernel. Past 8 the streaming kernel needs a second pass and
+// the tile kernel is faster (H200, fp16, v13i: at batch 16 0.33-0.72x
+// cuBLAS against 0.30-0.49x for two passes or the dense route); past 16 the
+// dense route is as fast or faster, and the faster the larger the batch.
+// Where the tile kernel does not apply, a matrix with fewer than
+// kSparseStoredFraction of its elements stored takes two streaming passes up
+// to batch 16 (its bytes weigh more against the GEMM's), others the dense
+// route.
+constexpr int64_t kStreamMaxBatch = 8;
+constexpr int64_t kTilesMaxBatch = 16;
 constexpr double kSparseStoredFraction = 0.25;
 // A dense slab of the dense route: kSlabBytes, but at least kMinSlabRows
 // rows. decompress walks one row per warp, a serial walk, so its time is
@@ -69,12 +72,23 @@ constexpr double kSparseStoredFraction = 0.25;
 constexpr int64_t kSlabBytes = int64_t{32} << 20;
 constexpr int64_t kMinSlabRows = 4096;
 
-Route choose_route(int64_t batch, int64_t stored, int64_t rows, int64_t cols) {
+// Whether the tile kernel takes this matrix (multiply_tiles.cuh).
+bool tiles_apply(const at::Tensor& values, int64_t cols) {
+  const bool sixteen_bits = values.scalar_type() == at::kHalf || values.scalar_type() == at::kBFloat16;
+  return sixteen_bits && cols % 8 == 0 && device_facts(current_device()).major >= 8;
+}
+
+Route choose_route(int64_t batch, const at::Tensor& values, int64_t rows, int64_t cols) {
   const Route requested = requested_route();
   if (requested != Route::kAuto) return requested;
-  const double elements = static_cast<double>(rows) * static_cast<double>(cols);
-  const bool sparse = elements > 0 && static_cast<double>(stored) < kSparseStoredFraction * elements;
-  return batch <= (sparse ? kStreamMaxBatchSparse : kStreamMaxBatchDense) ? Route::kStream : Route::kDense;
+  if (batch <= kStreamMaxBatch) return Route::kStream;
+  if (batch <= kTilesMaxBatch) {
+    if (tiles_apply(values, cols)) return Route::kTiles;
+    const double elements = static_cast<double>(rows) * static_cast<double>(cols);
+    const bool sparse = elements > 0 && static_cast<double>(values.numel()) < kSparseStoredFraction * elements;
+    if (sparse) return Route::kStream;
+  }
+  return Route::kDense;
 }
 
 // Smallest kernel batch width (a power of two) that holds `batch` vectors.
@@ -206,12 +220,6 @@ void multiply_stream(const at::Tensor& values, const at::Tensor& deltas, const a
   }
 }
 
-// Whether the tile kernel takes this matrix (multiply_tiles.cuh).
-bool tiles_apply(const at::Tensor& values, int64_t cols) {
-  const bool sixteen_bits = values.scalar_type() == at::kHalf || values.scalar_type() == at::kBFloat16;
-  return sixteen_bits && cols % 8 == 0 && device_facts(current_device()).major >= 8;
-}
-
 // y [batch, rows] through the tile kernel, tiles_impl::kMaxBatch
 // right-hand sides per pass; x's rows 16-byte aligned (copied if not).
 void multiply_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
@@ -246,7 +254,7 @@ at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_i
     // Every route takes x as [batch, cols] with unit column stride.
     at::Tensor x = (batched ? x_in : x_in.unsqueeze(0));
     if (x.stride(1) != 1) x = x.contiguous();
-    const Route route = choose_route(batch, values.numel(), rows, cols);
+    const Route route = choose_route(batch, values, rows, cols);
     if (route == Route::kDense) {
       multiply_dense(values, deltas, row_indices, rows, cols, x, y);
     } else if (route == Route::kTiles && tiles_apply(values, cols)) {
