@@ -4,8 +4,8 @@ Run by scripts/gpu_check.sh as
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python scripts/sanitize_ops.py
 Covers each dtype, both row-pointer widths, every kernel batch width, every
 route of multiply (the streaming kernel, the tile kernel, and decompress +
-cuBLAS a slab at a time), odd shapes, empty rows, and corrupted arrays that
-bypass validation.
+cuBLAS a slab at a time), odd shapes, empty rows, a row longer than the
+tile kernel's widest segment, and corrupted arrays that bypass validation.
 """
 
 import os
@@ -34,7 +34,8 @@ def pruned(rows, cols, density, dtype):
 
 for dtype in (torch.float16, torch.bfloat16, torch.float32):
     for rows, cols, density in [(1, 1, 1.0), (1, 37, 0.5), (37, 1, 0.5), (13, 97, 0.3), (65, 1031, 0.05),
-                                (33, 300, 1.0), (8, 64, 0.0), (4097 // 16, 3001, 0.2), (19, 264, 0.5), (300, 8, 0.3)]:
+                                (33, 300, 1.0), (8, 64, 0.0), (4097 // 16, 3001, 0.2), (19, 264, 0.5), (300, 8, 0.3),
+                                (40, 3080, 0.3)]:
         M = pruned(rows, cols, density, dtype)
         A = macko_spmv.compress(M)
         assert torch.equal(macko_spmv.decompress(A), M)
