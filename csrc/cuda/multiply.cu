@@ -53,16 +53,20 @@ Route requested_route() {
 
 // Largest batch that "auto" sends to the streaming kernel (one pass), and
 // to the tile kernel. Past 8 the streaming kernel needs a second pass and
-// the tile kernel is faster (H200, fp16, v13i: at batch 16 0.33-0.72x
-// cuBLAS against 0.30-0.49x for two passes or the dense route); past 16 the
+// the tile kernel is faster (H200, fp16, v13k: at batch 16 0.33-0.71x
+// cuBLAS against 0.28-0.49x for two passes or the dense route); past 16 the
 // dense route is as fast or faster, and the faster the larger the batch.
-// Where the tile kernel does not apply, a matrix with fewer than
-// kSparseStoredFraction of its elements stored takes two streaming passes up
-// to batch 16 (its bytes weigh more against the GEMM's), others the dense
-// route.
+// Two streaming passes stay the choice for a sparse matrix (fewer than
+// kSparseStoredFraction of its elements stored: its bytes weigh more
+// against the GEMM's) where the tile kernel does not apply, or that has
+// kStreamSparseMinElements elements or more: there the streaming kernel's
+// fixed costs are small and it stays ahead (28672x8192 d=0.1, batch 16:
+// 0.67x against the tile kernel's 0.53x; 8192x8192: level). The dense
+// route takes the other matrices.
 constexpr int64_t kStreamMaxBatch = 8;
 constexpr int64_t kTilesMaxBatch = 16;
 constexpr double kSparseStoredFraction = 0.25;
+constexpr double kStreamSparseMinElements = static_cast<double>(int64_t{1} << 27);
 // A dense slab of the dense route: kSlabBytes, but at least kMinSlabRows
 // rows. decompress walks one row per warp, a serial walk, so its time is
 // bound by the number of rows it can walk at once, not by DRAM (profiled on
@@ -83,9 +87,10 @@ Route choose_route(int64_t batch, const at::Tensor& values, int64_t rows, int64_
   if (requested != Route::kAuto) return requested;
   if (batch <= kStreamMaxBatch) return Route::kStream;
   if (batch <= kTilesMaxBatch) {
-    if (tiles_apply(values, cols)) return Route::kTiles;
     const double elements = static_cast<double>(rows) * static_cast<double>(cols);
     const bool sparse = elements > 0 && static_cast<double>(values.numel()) < kSparseStoredFraction * elements;
+    if (sparse && elements >= kStreamSparseMinElements) return Route::kStream;
+    if (tiles_apply(values, cols)) return Route::kTiles;
     if (sparse) return Route::kStream;
   }
   return Route::kDense;
