@@ -1,6 +1,7 @@
 """Prints the README's results tables from the saved CSVs (never by hand).
 
     python benchmarks/readme_tables.py benchmarks/results/h200-2026-12-01
+    python benchmarks/readme_tables.py --batch FOLDER   # the batch table of one run's results.csv
 
 Reads DIR/spmv, DIR/batch and DIR/e2e (the folders of one GPU session)
 through macko_spmv.bench.tables. Runs that recorded the back-to-back (CUDA
@@ -54,8 +55,8 @@ def spmv_table(results_dir):
                                    if (shape, density) in rows]))  # fmt: skip
 
 
-def batch_table(results_dir):
-    rows = [row for row in read_spmv_results(os.path.join(results_dir, "batch")) if row["dtype"] == "float16"]
+def batch_table(folder):
+    rows = [row for row in read_spmv_results(folder) if row["dtype"] == "float16"]
     batches = sorted({row["batch"] for row in rows})
     cases = list(dict.fromkeys((row["shape"], row["density"], row["route"]) for row in rows))
     by_case = {(row["shape"], row["density"], row["route"], row["batch"]): row for row in rows}
@@ -97,7 +98,10 @@ def e2e_table(results_dir):
 
 
 if __name__ == "__main__":
-    results_dir = sys.argv[1]
-    spmv_table(results_dir)
-    batch_table(results_dir)
-    e2e_table(results_dir)
+    if sys.argv[1] == "--batch":
+        batch_table(sys.argv[2])
+    else:
+        results_dir = sys.argv[1]
+        spmv_table(results_dir)
+        batch_table(os.path.join(results_dir, "batch"))
+        e2e_table(results_dir)
