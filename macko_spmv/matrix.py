@@ -197,8 +197,10 @@ def multiply(A, x):
     route checks x first). On a GPU, batches past the stream route's limit
     (more than 8 vectors) run as products of dense tiles instead (the tile
     kernel up to 16 vectors, decompressed rows and cuBLAS above), with
-    nn.Linear's behaviour for inf and NaN in x; MACKO_MULTIPLY_ROUTE=stream
-    in the environment keeps the stream route for every batch.
+    nn.Linear's behaviour for inf and NaN in x; sparse matrices (below a
+    quarter stored) that are large or that the tile kernel does not take
+    keep the stream route up to 16 vectors. MACKO_MULTIPLY_ROUTE=stream in
+    the environment keeps the stream route for every batch.
     """
     A = as_macko_matrix(A)
     if not isinstance(x, torch.Tensor):
