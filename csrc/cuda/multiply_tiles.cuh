@@ -162,17 +162,23 @@ __global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const Ti
     const int64_t row = tile * kTileRows + warp;
     int64_t begin = 0, end = 0;
     if (row < args.rows) row_range(args.row_indices, row, args.n_entries, begin, end);
-    // The row's walk: `current` holds the step whose entries are being
-    // stored (decoded into col), `ahead` the next two steps' loads.
+    // The row's walk: three slots of a warp step's loads, used in turn. The
+    // slot `current` holds the step whose entries are being stored
+    // (decoded into col), the other two the next two steps' loads. A
+    // consumed slot is refilled with the step after those, so each load
+    // has two steps to arrive; the slots never move (copying a slot whose
+    // load is in flight would wait for it: the first version did, and so
+    // waited for a load it had just issued at every step, NOTES v13l).
     int64_t step = begin & ~(kGroupEntries - 1);
     unsigned prev_col = ~0u;
-    StepGroup<scalar_t> current, ahead0, ahead1;
-    current.load(args.values, nibble_words, step + lane * kGroupEntries, begin, end);
-    ahead0.load(args.values, nibble_words, step + kWarpStepEntries + lane * kGroupEntries, begin, end);
-    ahead1.load(args.values, nibble_words, step + 2 * kWarpStepEntries + lane * kGroupEntries, begin, end);
+    StepGroup<scalar_t> slot0, slot1, slot2;
+    slot0.load(args.values, nibble_words, step + lane * kGroupEntries, begin, end);
+    slot1.load(args.values, nibble_words, step + kWarpStepEntries + lane * kGroupEntries, begin, end);
+    slot2.load(args.values, nibble_words, step + 2 * kWarpStepEntries + lane * kGroupEntries, begin, end);
+    int current = 0;  // warp-uniform
     unsigned col[kGroupEntries];
     bool walking = step < end;  // warp-uniform
-    if (walking) current.decode(lane, prev_col, col);
+    if (walking) slot0.decode(lane, prev_col, col);
 
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int segment = 0; segment < segments; ++segment) {
@@ -189,21 +195,36 @@ __global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const Ti
         reinterpret_cast<uint4*>(tile_row)[i * kWarpSize + lane] = make_uint4(0, 0, 0, 0);
       }
       __syncwarp();
-      const scalar_t* entry = reinterpret_cast<const scalar_t*>(current.group.words);
-      while (walking) {  // warp-uniform
+      // Stores the step in `cur` (its entries in this segment); then, unless
+      // the step goes on into the next segment or the row ends, refills
+      // `cur` with the step two after the next and decodes `next`, the new
+      // current step. True if the walk moved on to `next`.
+      auto store_and_advance = [&](StepGroup<scalar_t>& cur, const StepGroup<scalar_t>& next)
+                                   __attribute__((always_inline)) {
+        const scalar_t* entry = reinterpret_cast<const scalar_t*>(cur.group.words);
 #pragma unroll
         for (int j = 0; j < kGroupEntries; ++j) {
           if (col[j] - lo < static_cast<unsigned>(kSegmentCols)) tile_row[col[j] - lo] = entry[j];
         }
-        if (prev_col >= hi) break;  // the step goes on into the next segment
+        if (prev_col >= hi) return false;  // the step goes on into the next segment
         step += kWarpStepEntries;
         walking = step < end && prev_col + 1u < ucols;  // a corrupted stream stops at the last column
-        if (!walking) break;
-        current = ahead0;
-        ahead0 = ahead1;
-        ahead1.load(args.values, nibble_words, step + 2 * kWarpStepEntries + lane * kGroupEntries, begin, end);
-        current.decode(lane, prev_col, col);
-        entry = reinterpret_cast<const scalar_t*>(current.group.words);
+        if (!walking) return false;
+        cur.load(args.values, nibble_words, step + 2 * kWarpStepEntries + lane * kGroupEntries, begin, end);
+        next.decode(lane, prev_col, col);
+        return true;
+      };
+      while (walking) {  // warp-uniform; each branch names its slots, so they stay put in registers
+        bool moved;
+        if (current == 0) {
+          moved = store_and_advance(slot0, slot1);
+        } else if (current == 1) {
+          moved = store_and_advance(slot1, slot2);
+        } else {
+          moved = store_and_advance(slot2, slot0);
+        }
+        if (!moved) break;
+        current = current == 2 ? 0 : current + 1;
       }
       wait_async_copies<0>();
       __syncthreads();  // the tile is whole, and x's block has arrived
