@@ -19,8 +19,10 @@
 # 128/512/2048, decode batches 1 and 8, with the logits check and a
 # profile), profile (Nsight Compute over benchmarks/profile_multiply.py,
 # PROFILE_CASES, kernels matching the regex PROFILE_KERNELS, default
-# multiply_kernel). ROUTE (default auto) is passed to bench and batch as
-# --route. Stages run in that order. Measured data lands in
+# multiply_kernel), source (Nsight Compute's per-instruction counts and
+# stall samples, SASS, of the first kernel matching PROFILE_KERNELS in each
+# case of SOURCE_CASES, as gzipped CSV). ROUTE (default auto) is passed to
+# bench and batch as --route. Stages run in that order. Measured data lands in
 # $OUT/results.tgz, refreshed after every stage so that a run cut short
 # keeps what it measured.
 set -uo pipefail
@@ -145,6 +147,21 @@ if has profile; then
     >"$OUT/results/profile.txt" 2>&1 || status=1
   grep -E "_kernel|Duration|DRAM Throughput|Compute \(SM\)|Warp Cycles Per Issued|Achieved Occupancy|Issued Instructions  |issue_stalled" \
     "$OUT/results/profile.txt" | sed -e 's/smsp__average_warps_issue_stalled_/stall /' -e 's/_per_issue_active.ratio//' | head -80
+fi
+
+if has source; then
+  # One report and one CSV of its source page (SASS) per case.
+  step source
+  mkdir -p "$OUT/results/source"
+  for case in ${SOURCE_CASES:-8192x8192:0.5}; do
+    name=$(echo "$case" | tr ':' '_')
+    ncu --clock-control none --section SourceCounters --section WarpStateStats --section SpeedOfLight \
+      --import-source yes -k "regex:${PROFILE_KERNELS:-multiply_kernel}" -c 1 -f -o "$OUT/source-$name" \
+      $PYTHON benchmarks/profile_multiply.py "$case" >"$OUT/results/source/$name.log" 2>&1 || status=1
+    ncu -i "$OUT/source-$name.ncu-rep" --page source --csv --print-source sass \
+      2>&1 | gzip >"$OUT/results/source/$name.sass.csv.gz" || status=1
+  done
+  ls -la "$OUT/results/source"
 fi
 
 step done

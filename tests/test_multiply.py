@@ -190,6 +190,51 @@ def test_cuda_graph_capture_and_replay(gen):
 
 
 @requires_cuda
+def test_chained_calls_wait_for_the_call_before(gen):
+    """Each call reads the previous call's output, in a CUDA graph and
+    eagerly, with the previous input freed (its memory then holds the next
+    output): on sm_90 the kernels are launched programmatically and start
+    before the kernel before them ends, so reading x or writing y early
+    would show here. Matrices large enough that a kernel runs for several
+    microseconds; values scaled to keep the chain in fp16's range."""
+    layers = [random_pruned(4096, 4096, 0.5, torch.float16, gen) / 32 for _ in range(3)]
+    matrices = [macko_spmv.compress(M.cuda()) for M in layers]
+
+    def chain(x):
+        outs = [x]
+        for A in matrices:
+            outs.append(macko_spmv.multiply(A, outs[-1]))
+        return outs
+
+    x = torch.empty(4096, dtype=torch.float16, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up outside the graph
+        chain(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = chain(x)
+    for _ in range(3):  # a new x each replay: stale outputs would differ
+        x.copy_(random_x((4096,), torch.float16, gen, "cuda"))
+        for y in outs[1:]:
+            y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for M, x_in, y in zip(layers, outs, outs[1:]):
+            assert_product_close(y, M, x_in)
+
+    x_in = random_x((4096,), torch.float16, gen, "cuda")
+    kept = x_in.clone()
+    y = macko_spmv.multiply(matrices[0], x_in)
+    del x_in  # its block is free for the next output while the first call may still read it
+    z = macko_spmv.multiply(matrices[1], y)
+    torch.cuda.synchronize()
+    assert_product_close(y, layers[0], kept)
+    assert_product_close(z, layers[1], y)
+
+
+@requires_cuda
 @pytest.mark.parametrize(
     "shape, batch",
     [((140_001, 7), None), ((3, 120_001), None), ((5, 20_011), 8), ((2, 70_001), 3)],

@@ -196,6 +196,11 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
   };
   int64_t pointer_row = first_row;
   int pointer = 0, next_pointer = 0;
+  // With a programmatic launch this block may start while the kernel
+  // before it finishes: it lets the next kernel be scheduled, then waits
+  // for that one before it reads anything or writes y.
+  allow_dependent_launch();
+  wait_for_prerequisite_grids();
   if (first_row < args.rows) {
     const int64_t first = static_cast<int64_t>(args.row_indices[first_row]);
     const int64_t last = static_cast<int64_t>(args.row_indices[end_row]);
@@ -372,14 +377,16 @@ void launch_multiply(const MultiplyProblem& problem) {
   args.y = problem.y.mutable_data_ptr<scalar_t>();
   args.warps = warps;
   args.x_shared_bytes = x_shared_bytes;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(blocks)), block(warps_per_block * kWarpSize);
+  const bool programmatic = programmatic_launch(device);
   if (shared_x) {
-    multiply_kernel<scalar_t, index_t, kBatch, true><<<grid, block, shared_bytes, stream>>>(args);
+    launch_kernel(multiply_kernel<scalar_t, index_t, kBatch, true>, grid, block, shared_bytes, stream, programmatic,
+                  args);
   } else {
-    multiply_kernel<scalar_t, index_t, kBatch, false><<<grid, block, shared_bytes, stream>>>(args);
+    launch_kernel(multiply_kernel<scalar_t, index_t, kBatch, false>, grid, block, shared_bytes, stream, programmatic,
+                  args);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Runs y = M x for one value dtype, with the kernel of the problem's batch

@@ -62,7 +62,8 @@ def environment(device):
 def run_facts(device):
     """meta.json's facts about the machine and the software (besides what
     environment() gives): device, driver, macko-spmv version and build, the
-    CPU compress kernels in use, python, and when the run started."""
+    CPU compress kernels in use, the MACKO_* environment variables (the
+    library's switches, e.g. MACKO_PDL), python, and when the run started."""
     import macko_spmv
 
     device = torch.device(device)
@@ -72,6 +73,7 @@ def run_facts(device):
         "macko_spmv": macko_spmv.__version__,
         "macko_spmv_build": macko_spmv.ops.build_info(),
         "cpu_kernels": torch.ops.macko_spmv._cpu_kernels(),
+        "macko_environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MACKO_")},
         "python": platform.python_version(),
         "started_utc": utc_now().isoformat(timespec="seconds"),
     }
