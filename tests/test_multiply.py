@@ -190,6 +190,22 @@ def test_cuda_graph_capture_and_replay(gen):
 
 
 @requires_cuda
+def test_stream_experiment_variants_only_when_asked(gen, monkeypatch):
+    """MACKO_STREAM_VARIANT (benchmarks/experiments/stream_ablation.py) cuts
+    the kernel's work short (with a warning, once a process): the variants
+    must run, and products must be back as soon as it is unset."""
+    M = random_pruned(300, 500, 0.5, torch.float16, gen).cuda()
+    A = macko_spmv.compress(M)
+    x = random_x((500,), torch.float16, gen, "cuda")
+    for variant in ("ring", "decode"):
+        monkeypatch.setenv("MACKO_STREAM_VARIANT", variant)
+        macko_spmv.multiply(A, x)
+        torch.cuda.synchronize()
+    monkeypatch.delenv("MACKO_STREAM_VARIANT")
+    assert_product_close(poisoned_multiply(A, x), M, x)
+
+
+@requires_cuda
 def test_chained_calls_wait_for_the_call_before(gen):
     """Each call reads the previous call's output, in a CUDA graph and
     eagerly, with the previous input freed (its memory then holds the next

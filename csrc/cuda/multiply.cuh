@@ -58,6 +58,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 #include "group_decode.cuh"
@@ -162,9 +163,29 @@ __device__ __forceinline__ void stage_x_transposed(const scalar_t* x, int64_t x_
   }
 }
 
-template <typename scalar_t, typename index_t, int kBatch, bool kSharedX>
+// What a kernel computes: the product, or (experiments only, fp16 one
+// vector, MACKO_STREAM_VARIANT=ring|decode; y then holds no product) the
+// same walk cut short after a stage's ring loads, or after its decode and
+// warp scan, to time what each part of a stage costs
+// (benchmarks/experiments/stream_ablation.py).
+enum StreamVariant : int { kStreamProduct = 0, kStreamRingOnly = 1, kStreamDecodeOnly = 2 };
+
+inline StreamVariant stream_variant() {
+  const char* setting = std::getenv("MACKO_STREAM_VARIANT");
+  if (setting == nullptr) return kStreamProduct;
+  const std::string name(setting);
+  const StreamVariant variant = name == "ring" ? kStreamRingOnly : name == "decode" ? kStreamDecodeOnly : kStreamProduct;
+  if (variant != kStreamProduct) {
+    TORCH_WARN_ONCE("MACKO_STREAM_VARIANT=", name, ": one-vector fp16 multiply returns no product (an experiment ",
+                    "switch); unset it for results");
+  }
+  return variant;
+}
+
+template <typename scalar_t, typename index_t, int kBatch, bool kSharedX, int kVariant = kStreamProduct>
 __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
     multiply_kernel(const MultiplyArgs<scalar_t, index_t> args) {
+  static_assert(kVariant == kStreamProduct || kBatch == 1, "the experiment variants take one vector");
   extern __shared__ uint4 shared_words[];
   constexpr int kSteps = kStageSteps<scalar_t>;
   constexpr int kStageEntries = kSteps * kWarpStepEntries;
@@ -226,6 +247,7 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
 
   const unsigned last_col = static_cast<unsigned>(args.cols - 1);
   RowDot<scalar_t, kBatch, kUseTensorCores<scalar_t, kBatch>> dot;
+  uint32_t sink = 0;  // the experiment variants: what the cut-off work would have consumed
   int prev_end = __shfl_sync(kFullMask, pointer, 0);  // lane 0's pointer: the window's start
   for (int64_t row = first_row; row < end_row; ++row) {
     if (row - pointer_row == kWarpSize - 1) {
@@ -265,6 +287,11 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
           nibbles[u] = 0;
         }
       }
+      if constexpr (kVariant == kStreamRingOnly) {
+#pragma unroll
+        for (int u = 0; u < kSteps; ++u) sink += group[u].words[0].x ^ group[u].words[0].w ^ nibbles[u];
+        continue;
+      }
       // A row's first or last stage (warp-uniform): its entries in each of
       // the lane's groups; the values outside the row are zeroed in the (at
       // most two) groups that straddle its edges, the leading entries'
@@ -291,6 +318,11 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
       }
       unsigned base[kSteps];
       warp_group_bases(totals, lane, prev_col, base);
+      if constexpr (kVariant == kStreamDecodeOnly) {
+#pragma unroll
+        for (int u = 0; u < kSteps; ++u) sink += base[u] + steps[u].odd_offsets() + group[u].words[0].x;
+        continue;
+      }
 #pragma unroll
       for (int u = 0; u < kSteps; ++u) {
         if (u == 0 || step + u * kWarpStepEntries < row_end) {  // warp-uniform
@@ -300,6 +332,11 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
 
     }
 
+    if constexpr (kVariant != kStreamProduct) {
+      const uint32_t kept = __reduce_xor_sync(kFullMask, sink);
+      if (lane == 0) reinterpret_cast<uint16_t*>(args.y)[row] = static_cast<uint16_t>(kept ^ (kept >> 16));
+      continue;
+    }
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const float sum = dot.total(b, lane);
@@ -320,7 +357,16 @@ void launch_multiply(const MultiplyProblem& problem) {
   // fits beside it; otherwise it is gathered from global memory (L1/L2).
   const int64_t x_bytes = (cols * kBatch * static_cast<int64_t>(sizeof(scalar_t)) + 15) / 16 * 16;
   const bool shared_x = x_bytes + kMinWarpsPerBlock * ring_bytes <= facts.max_shared_per_block;
-  const void* kernel = shared_x ? reinterpret_cast<const void*>(multiply_kernel<scalar_t, index_t, kBatch, true>)
+  // The experiment variants exist for fp16 values, 32-bit row pointers and
+  // one vector in shared memory only.
+  using SharedXKernel = void (*)(MultiplyArgs<scalar_t, index_t>);
+  SharedXKernel shared_x_kernel = multiply_kernel<scalar_t, index_t, kBatch, true>;
+  if constexpr (kBatch == 1 && std::is_same_v<scalar_t, c10::Half> && std::is_same_v<index_t, int>) {
+    const StreamVariant variant = stream_variant();
+    if (variant == kStreamRingOnly) shared_x_kernel = multiply_kernel<scalar_t, index_t, 1, true, kStreamRingOnly>;
+    if (variant == kStreamDecodeOnly) shared_x_kernel = multiply_kernel<scalar_t, index_t, 1, true, kStreamDecodeOnly>;
+  }
+  const void* kernel = shared_x ? reinterpret_cast<const void*>(shared_x_kernel)
                                 : reinterpret_cast<const void*>(multiply_kernel<scalar_t, index_t, kBatch, false>);
   const int x_shared_bytes = shared_x ? static_cast<int>(x_bytes) : 0;
 
@@ -381,8 +427,7 @@ void launch_multiply(const MultiplyProblem& problem) {
   const dim3 grid(static_cast<unsigned>(blocks)), block(warps_per_block * kWarpSize);
   const bool programmatic = programmatic_launch(device);
   if (shared_x) {
-    launch_kernel(multiply_kernel<scalar_t, index_t, kBatch, true>, grid, block, shared_bytes, stream, programmatic,
-                  args);
+    launch_kernel(shared_x_kernel, grid, block, shared_bytes, stream, programmatic, args);
   } else {
     launch_kernel(multiply_kernel<scalar_t, index_t, kBatch, false>, grid, block, shared_bytes, stream, programmatic,
                   args);

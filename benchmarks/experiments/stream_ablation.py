@@ -1,0 +1,87 @@
+"""Where the streaming kernel's time goes, one vector, fp16: the product
+against the same walk cut short, in one run with cuBLAS beside it.
+
+    python benchmarks/experiments/stream_ablation.py [--shapes 8192x8192,...] [--densities 0.5,0.1] [--out FILE.csv]
+
+Variants (MACKO_STREAM_VARIANT, read at launch, csrc/cuda/multiply.cuh):
+"product" (the library's kernel), "decode" (each stage's ring loads, the
+decode of the gaps and the warp scan, but no gathers of x and no mma) and
+"ring" (the ring loads only). The cut variants' outputs are not products,
+so nothing is checked against float64 here; the product is checked once
+per case. Timings as in ``python -m macko_spmv bench``: L2 flushed before
+each call, and back to back in a CUDA graph (time per call), medians.
+"""
+
+import argparse
+import contextlib
+import csv
+import os
+import sys
+
+import torch
+
+import macko_spmv
+from macko_spmv.bench import matrices, spmv, timing
+
+VARIANTS = ("product", "decode", "ring")
+
+
+@contextlib.contextmanager
+def stream_variant(name):
+    """MACKO_STREAM_VARIANT=name for the launches (and graph captures) inside."""
+    saved = os.environ.get("MACKO_STREAM_VARIANT")
+    os.environ["MACKO_STREAM_VARIANT"] = name
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MACKO_STREAM_VARIANT", None)
+        else:
+            os.environ["MACKO_STREAM_VARIANT"] = saved
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", type=spmv.parse_shapes,
+                        default=[(4096, 4096), (11008, 4096), (8192, 8192), (28672, 8192)])
+    parser.add_argument("--densities", type=spmv.parse_densities, default=[1.0, 0.5, 0.1])
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--out", help="also write the rows to this CSV file")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda")
+    flushed = timing.FlushedCudaTimer(device, args.repeats, 5)
+    graph = timing.BackToBackTimer(device)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, macko_spmv {macko_spmv.__version__}")
+    fields = ["shape", "density", "variant", "flushed_us", "graph_us", "cublas_flushed_us", "cublas_graph_us"]
+    rows = []
+    print(",".join(fields))
+    for n_rows, n_cols in args.shapes:
+        for density in args.densities:
+            gen = matrices.seeded_generator(1, device)
+            W = matrices.random_pruned(n_rows, n_cols, density, torch.float16, gen)
+            x = matrices.random_vectors(None, n_cols, torch.float16, gen)
+            A = macko_spmv.compress(W)
+            matrices.check_product(macko_spmv.multiply(A, x).cpu(), *matrices.reference_product(W.cpu(), x.cpu()),
+                                   torch.float16, "multiply")
+            cublas_f = flushed.median_us(spmv.dense_call(W, x))
+            cublas_g = graph.measure(lambda: spmv.dense_call(W.clone(), x), W.numel() * W.element_size()).us_per_call
+            for variant in VARIANTS:
+                with stream_variant(variant):
+                    f_us = flushed.median_us(spmv.macko_call(A, x))
+                    g_us = graph.measure(lambda: spmv.macko_call(spmv.macko_copy(A), x), A.nbytes).us_per_call
+                row = dict(shape=f"{n_rows}x{n_cols}", density=density, variant=variant, flushed_us=f"{f_us:.1f}",
+                           graph_us=f"{g_us:.1f}", cublas_flushed_us=f"{cublas_f:.1f}",
+                           cublas_graph_us=f"{cublas_g:.1f}")
+                rows.append(row)
+                print(",".join(str(row[k]) for k in fields), flush=True)
+            del W, A, x
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
