@@ -194,12 +194,12 @@ class MackoLinear(nn.Module):
         # The raw op takes [cols] or [batch, cols]; fold any leading dims
         # into one batch. Calling the op on the buffers (not a MackoMatrix)
         # keeps the graph free of Python tuple subclasses for torch.compile.
+        # The op adds the bias to its fp32 sums (no pass of its own).
         x_2d = x.flatten(0, -2) if x.dim() > 2 else x
-        y = ops.multiply(self.values, self.deltas, self.row_indices, self.out_features, self.in_features, x_2d)
+        y = ops.multiply(self.values, self.deltas, self.row_indices, self.out_features, self.in_features, x_2d,
+                         self.bias)
         if x.dim() > 2:
             y = y.unflatten(0, x.shape[:-1])
-        if self.bias is not None:
-            y = y + self.bias
         return y
 
     # ------------------------------------------------------------------
