@@ -12,6 +12,12 @@ same (pruned) matrix, in the same dtype and in fp32, in one run:
             2048: MACKO (the route the library picks, and each route forced
             through MACKO_CPU_MULTIPLY_ROUTE, to show the crossover) against
             X @ W.T and X.float() @ W.float().T.
+  layers    MiniLM's three layer shapes (384x384, 1536x384 and 384x1536, fp32,
+            50% per row, with a bias) at 12 and 448 tokens (1 and 32
+            sentences): nn.Linear against MackoLinear, and the raw op with
+            the bias fused and added in a pass after it (as MackoLinear did
+            before the op took the bias), to isolate the layers from the
+            rest of the model.
   minilm    all-MiniLM-L6-v2 (fp32, every nn.Linear pruned to 50% per row,
             tests/test_minilm.py), sentence embeddings of 1 and 32 sentences:
             the dense pruned model against the same model after sparsify.
@@ -62,6 +68,8 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# all-MiniLM-L6-v2's nn.Linear shapes [out_features, in_features].
+LAYER_SHAPES = ((384, 384), (1536, 384), (384, 1536))
 ROUTES = ("vector", "sparse", "dense")
 
 
@@ -213,6 +221,28 @@ def batch_section(args, results):
         del M, A, M32
 
 
+def layers_section(args, results):
+    gen = torch.Generator().manual_seed(args.seed + 3)
+    for (rows, cols), tokens in itertools.product(LAYER_SHAPES, args.layer_tokens):
+        dense = torch.nn.Linear(cols, rows)
+        with torch.no_grad():
+            dense.weight.copy_(random_pruned(rows, cols, 0.5, torch.float32, args.seed))
+            dense.bias.copy_(torch.randn(rows, generator=gen))
+        sparse = macko_spmv.MackoLinear.from_linear(dense)
+        A, bias = sparse.matrix, sparse.bias
+        x = torch.randn(tokens, cols, generator=gen)
+        ops = {"nn.Linear": lambda: dense(x), "MackoLinear": lambda: sparse(x),
+               "macko op, bias fused": lambda: macko_spmv.ops.multiply(*A, x, bias),
+               "macko op, bias after": lambda: macko_spmv.ops.multiply(*A, x) + bias}  # fmt: skip
+        with torch.inference_mode():
+            times = interleaved_times_ms(ops, args.runs * 5, args.runs, args.budget, warmup=5)
+        common = dict(dtype="float32", shape=f"{rows}x{cols}", density=0.5, batch=tokens, x="random",
+                      stored_fraction=round(A.stored_fraction, 4), note="bias")  # fmt: skip
+        same = results.add("layers", "nn.Linear", times.pop("nn.Linear"), **common)
+        for impl, t in times.items():
+            results.add("layers", impl, t, vs_dense_same_dtype=ratio(same, statistics.median(t)), **common)
+
+
 def minilm_section(args, results):
     """The model of tests/test_minilm.py (loaded, pruned and embedded the
     same way; skipped when it or transformers is not installed)."""
@@ -297,6 +327,18 @@ def summary_tables(rows):
                        f"{float(by['torch dense']['median_ms']):.1f} | {float(by['torch dense fp32']['median_ms']):.1f} | "
                        f"{r['vs_dense_same_dtype']} | {r['vs_dense_fp32']} | " + " | ".join(forced) + " |")  # fmt: skip
         out.append("")
+    layers = [r for r in rows if r["section"] == "layers"]
+    if layers:
+        out += ["### MiniLM's layer shapes (fp32, 50% per row, with bias), us and speedup against nn.Linear", "",
+                "| shape | tokens | nn.Linear | MackoLinear | vs nn.Linear | op, bias fused | vs nn.Linear | op, bias after | vs nn.Linear |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for key in dict.fromkeys((r["shape"], r["batch"]) for r in layers):
+            by = {r["impl"]: r for r in layers if (r["shape"], r["batch"]) == key}
+            cells = [f"{1000 * float(by[impl]['median_ms']):.1f}" for impl in ("nn.Linear",)]
+            for impl in ("MackoLinear", "macko op, bias fused", "macko op, bias after"):
+                cells += [f"{1000 * float(by[impl]['median_ms']):.1f}", f"{float(by[impl]['vs_dense_same_dtype']):.2f}"]
+            out.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+        out.append("")
     model = [r for r in rows if r["section"] == "minilm"]
     if model:
         out += ["### all-MiniLM-L6-v2 (fp32, 50% per row), sentence embeddings", "",
@@ -375,8 +417,9 @@ def parse_args(argv):
     parser.add_argument("--runs", type=int, default=41, help="timed rounds of a case")
     parser.add_argument("--min-runs", type=int, default=3, help="timed rounds of a slow batch case (at least)")
     parser.add_argument("--model-runs", type=int, default=41, help="timed rounds of a MiniLM case")
+    parser.add_argument("--layer-tokens", default="12,448", help="batches of the layers section")
     parser.add_argument("--budget", type=float, default=10.0, help="seconds a case may take beyond its minimum runs")
-    parser.add_argument("--sections", default="vector,batch,minilm")
+    parser.add_argument("--sections", default="vector,batch,layers,minilm")
     parser.add_argument("--max-load", type=float, default=None,
                         help="wait (up to --wait seconds) until the 1-minute load average is below this")  # fmt: skip
     parser.add_argument("--wait", type=float, default=600)
@@ -388,6 +431,7 @@ def parse_args(argv):
     args.x_kinds = [k for k in args.x_kinds.split(",") if k]
     args.x_densities = [float(d) for d in args.x_densities.split(",") if d]
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.layer_tokens = [int(b) for b in args.layer_tokens.split(",")]
     args.sections = args.sections.split(",")
     return args
 
@@ -427,6 +471,8 @@ def main(argv=None):
         vector_section(args, results)
     if "batch" in args.sections:
         batch_section(args, results)
+    if "layers" in args.sections:
+        layers_section(args, results)
     if "minilm" in args.sections:
         minilm_section(args, results)
     results.file.close()

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace macko {
@@ -131,6 +132,20 @@ inline void check_multiply_input(const at::Tensor& values, int64_t cols,
                     "x must be [cols] or [batch, cols], got shape ", x.sizes());
   TORCH_CHECK_VALUE(x.size(-1) == cols, "x's last dimension must equal the ",
                     "matrix's cols = ", cols, ", got shape ", x.sizes());
+}
+
+// multiply's optional bias: [rows], the matrix's dtype and device, any
+// strides (the kernels read it through a contiguous copy).
+inline void check_bias(const at::Tensor& values, int64_t rows,
+                       const std::optional<at::Tensor>& bias) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK_TYPE(bias->scalar_type() == values.scalar_type(), "bias must ",
+                   "have the matrix's dtype ", values.scalar_type(), ", got ",
+                   bias->scalar_type());
+  TORCH_CHECK_VALUE(bias->device() == values.device(), "bias must be on the ",
+                    "matrix's device ", values.device(), ", got ", bias->device());
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == rows, "bias must be ",
+                    "[rows] = [", rows, "], got shape ", bias->sizes());
 }
 
 // ---------------------------------------------------------------------------

@@ -31,9 +31,10 @@ at::Tensor decompress_no_cuda(const at::Tensor& values, const at::Tensor& deltas
 
 at::Tensor multiply_no_cuda(const at::Tensor& values, const at::Tensor& deltas,
                             const at::Tensor& row_indices, int64_t rows, int64_t cols,
-                            const at::Tensor& x) {
+                            const at::Tensor& x, const std::optional<at::Tensor>& bias) {
   check_compressed(values, deltas, row_indices, rows, cols);
   check_multiply_input(values, cols, x);
+  check_bias(values, rows, bias);
   C10_THROW_ERROR(NotImplementedError, kNoCudaKernels);
 }
 

@@ -81,9 +81,12 @@ TORCH_LIBRARY(macko_spmv, m) {
   m.def(
       "decompress(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
       "int cols) -> Tensor");
+  // y = x M^T (+ bias): the bias is added to each row's fp32 sum before
+  // the one rounding to the matrix's dtype (on the GPU: after, in a second
+  // pass), as nn.Linear adds its bias inside the GEMM.
   m.def(
       "multiply(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
-      "int cols, Tensor x) -> Tensor");
+      "int cols, Tensor x, Tensor? bias=None) -> Tensor");
   m.def(
       "validate(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
       "int cols) -> ()");

@@ -95,25 +95,39 @@ def _decompress_fake(values, deltas, row_indices, rows, cols):
     return values.new_empty((rows, cols))
 
 
+def _check_bias(values, rows, bias):
+    """check_bias of csrc/macko.h."""
+    if bias is None:
+        return
+    torch._check_type(bias.dtype == values.dtype,
+                      lambda: f"bias must have the matrix's dtype {values.dtype}, got {bias.dtype}")
+    torch._check_value(bias.device == values.device,
+                       lambda: f"bias must be on the matrix's device {values.device}, got {bias.device}")
+    torch._check_value(bias.dim() == 1 and bias.shape[0] == rows,
+                       lambda: f"bias must be [rows] = [{rows}], got shape {list(bias.shape)}")
+
+
 @torch.library.register_fake("macko_spmv::multiply")
-def _multiply_fake(values, deltas, row_indices, rows, cols, x):
+def _multiply_fake(values, deltas, row_indices, rows, cols, x, bias=None):
     _check_compressed(values, deltas, row_indices, rows, cols)
     _check_multiply_input(values, cols, x)
+    _check_bias(values, rows, bias)
     if x.dim() == 1:
         return values.new_empty((rows,))
     return values.new_empty((x.shape[0], rows))
 
 
 def _multiply_setup_context(ctx, inputs, output):
-    values, deltas, row_indices, rows, cols, x = inputs
+    values, deltas, row_indices, rows, cols, x, *_ = inputs
     ctx.save_for_backward(values, deltas, row_indices)
     ctx.shape = (rows, cols)
 
 
 def _multiply_backward(ctx, grad_y):
-    # y = M x, so dL/dx = M^T dL/dy, computed through the dense M (exact, at
-    # the cost of a dense scratch matrix). Gradients for the stored values
-    # are not implemented: refuse rather than return none silently.
+    # y = M x + bias, so dL/dx = M^T dL/dy, computed through the dense M
+    # (exact, at the cost of a dense scratch matrix), and dL/dbias = dL/dy
+    # summed over the batch. Gradients for the stored values are not
+    # implemented: refuse rather than return none silently.
     if ctx.needs_input_grad[0]:
         raise NotImplementedError(
             "macko_spmv.multiply has no gradient with respect to the matrix's values; "
@@ -124,7 +138,10 @@ def _multiply_backward(ctx, grad_y):
         values, deltas, row_indices = ctx.saved_tensors
         dense = decompress(values, deltas, row_indices, *ctx.shape)
         grad_x = grad_y @ dense
-    return None, None, None, None, None, grad_x
+    grad_bias = None
+    if len(ctx.needs_input_grad) > 6 and ctx.needs_input_grad[6]:
+        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+    return None, None, None, None, None, grad_x, grad_bias
 
 
 torch.library.register_autograd(

@@ -26,12 +26,15 @@ def test_cpu_multiply_benchmark_small(tmp_path):
     script = load_script()
     out = tmp_path / "run"
     args = ["--out", str(out), "--size", "256", "--dtypes", "float16,float32", "--batches", "1,3,70",
-            "--runs", "2", "--min-runs", "1", "--vector-repeats", "2", "--budget", "0", "--sections", "vector,batch"]
+            "--runs", "2", "--min-runs", "1", "--vector-repeats", "2", "--budget", "0", "--sections", "vector,batch,layers", "--layer-tokens", "3"]
     assert script.main(args) == 0
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    macko = [r for r in rows if r["impl"].startswith("macko")]
-    assert {r["section"] for r in rows} == {"vector", "x-values", "batch"}
+    macko = [r for r in rows if r["impl"].startswith("macko") and r["section"] != "layers"]
+    assert all(float(r["vs_dense_same_dtype"]) > 0 for r in rows if r["section"] == "layers" and r["impl"] != "nn.Linear")
+    assert {r["section"] for r in rows} == {"vector", "x-values", "batch", "layers"}
+    assert {r["impl"] for r in rows if r["section"] == "layers"} == {
+        "nn.Linear", "MackoLinear", "macko op, bias fused", "macko op, bias after"}
     assert all(float(r["vs_dense_same_dtype"]) > 0 and float(r["vs_dense_fp32"]) > 0 for r in macko)
     assert {r["impl"] for r in rows if r["section"] == "batch" and r["batch"] == "3"} >= {
         "macko", "macko route=vector", "macko route=sparse", "macko route=dense"}
@@ -39,3 +42,4 @@ def test_cpu_multiply_benchmark_small(tmp_path):
     for name in ("meta.json", "tables.md", "batch_speedup.png", "vector_speedup.png"):
         assert (out / name).stat().st_size > 0
     assert "One vector" in (out / "tables.md").read_text()
+    assert "MiniLM's layer shapes" in (out / "tables.md").read_text()

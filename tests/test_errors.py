@@ -43,6 +43,26 @@ def test_multiply_rejects_bad_x(A, device):
         macko_spmv.multiply(A, torch.ones(50, dtype=torch.float16, device=other))
 
 
+def test_multiply_rejects_bad_bias(A, device):
+    """The raw op's bias, on the kernels' path and the shape functions'
+    (a meta tensor) alike."""
+    x = torch.ones(3, A.cols, dtype=A.dtype, device=device)
+    meta = [array.to("meta") for array in A[:3]]
+    for arrays, where in ((A[:3], device), (meta, "meta")):
+        x_here = x.to(where)
+        bad = [
+            (torch.ones(A.rows, dtype=torch.float32, device=where), TypeError, "bias must have the matrix's dtype (Half|torch.float16)"),
+            (torch.ones(A.rows + 1, dtype=A.dtype, device=where), ValueError, r"bias must be \[rows\] = \[12\]"),
+            (torch.ones(1, A.rows, dtype=A.dtype, device=where), ValueError, r"bias must be \[rows\] = \[12\]"),
+        ]
+        for bias, error, message in bad:
+            with pytest.raises(error, match=message):
+                torch.ops.macko_spmv.multiply(*arrays, A.rows, A.cols, x_here, bias)
+    other = "cpu" if device != "cpu" else "meta"
+    with pytest.raises(ValueError, match="bias must be on the matrix's device"):
+        torch.ops.macko_spmv.multiply(*A[:3], A.rows, A.cols, x, torch.ones(A.rows, dtype=A.dtype, device=other))
+
+
 def test_multiply_rejects_non_matrix():
     with pytest.raises(TypeError, match="MackoMatrix or a .*tuple"):
         macko_spmv.multiply(torch.ones(3, 3), torch.ones(3))

@@ -146,6 +146,10 @@ def test_opcheck(device, gen):
     for x in (random_x((53,), torch.float32, gen, device), random_x((4, 53), torch.float32, gen, device)):
         torch.library.opcheck(torch.ops.macko_spmv.multiply.default, (*A, x))
         torch.library.opcheck(torch.ops.macko_spmv.multiply.default, (*A, x.clone().requires_grad_()))
+        bias = random_x((19,), torch.float32, gen, device)
+        torch.library.opcheck(torch.ops.macko_spmv.multiply.default, (*A, x, bias))
+        torch.library.opcheck(torch.ops.macko_spmv.multiply.default,
+                              (*A, x.clone().requires_grad_(), bias.clone().requires_grad_()))
     torch.library.opcheck(torch.ops.macko_spmv.decompress.default, tuple(A))
 
 

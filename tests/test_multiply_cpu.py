@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import macko_spmv
-from conftest import DTYPES, adversarial_matrices, assert_product_close, random_pruned
+from conftest import (DTYPES, adversarial_matrices, assert_product_close, check_product, poison_allocator,
+                      random_pruned, reference_product)
 from test_multiply import poisoned_multiply, random_x
 
 VARIANTS = ["baseline", "avx2", "avx512"]
@@ -71,6 +72,35 @@ def test_batch(kernels, route, dtype, gen):
         for batch in (1, 2, 3, 4, 5, 16, 17, 63, 64, 65, 130):
             X = random_x((batch, shape[1]), dtype, gen, "cpu")
             assert_product_close(poisoned_multiply(A, X), M, X)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_fused_bias(kernels, route, dtype, gen):
+    """The raw op's bias, added to each fp32 sum before the rounding, on
+    every route: against float64 x M^T + bias, with x of normal values and,
+    for fp32 and bf16, of fp32 subnormals (whose sums the kernels scale back
+    by 2^-24: the bias must join after that), and with strided biases."""
+    for shape in [(1, 300), (300, 1), (13, 97), (67, 1031)]:
+        M = random_pruned(*shape, 0.4, dtype, gen)
+        M[torch.rand(shape[0], generator=gen) < 0.2] = 0  # empty rows: the bias alone
+        A = macko_spmv.compress(M)
+        bias = random_x((shape[0],), dtype, gen, "cpu")
+        for batch in (None, 1, 3, 5, 17, 65):
+            x = random_x(((batch,) if batch else ()) + (shape[1],), dtype, gen, "cpu")
+            kinds = [x] if dtype == torch.float16 else [x, (x.float() * torch.finfo(dtype).tiny * 0.25).to(dtype)]
+            for xk in kinds:
+                for b in (bias, torch.stack([bias, -bias], 1)[:, 0]):  # contiguous and strided
+                    poison_allocator("cpu", 4 * shape[0] * (batch or 1) * 4)
+                    y = torch.ops.macko_spmv.multiply(*A, xk, b)
+                    y_ref, magnitude = reference_product(M, xk)
+                    check_product(y, y_ref + b.double(), magnitude + b.double().abs(), dtype, "multiply with bias")
+
+
+def test_fused_bias_without_columns():
+    """cols = 0: an empty sum, so the output is the bias."""
+    A = macko_spmv.compress(torch.zeros(3, 0))
+    bias = torch.tensor([1.0, -2.0, 3.5])
+    assert torch.equal(torch.ops.macko_spmv.multiply(*A, torch.ones(2, 0), bias), bias.expand(2, 3))
 
 
 def test_batch_large_blocks(kernels, route, gen):

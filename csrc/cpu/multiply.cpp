@@ -1,6 +1,8 @@
-// multiply on the CPU: Y = X M^T for one or more right-hand sides (x [cols]
-// or X [batch, cols]), fp32 sums, parallel over rows (at::parallel_for,
-// parallel in code compiled with OpenMP: setup.py adds -fopenmp).
+// multiply on the CPU: Y = X M^T (+ bias) for one or more right-hand sides
+// (x [cols] or X [batch, cols]), fp32 sums, parallel over rows
+// (at::parallel_for, parallel in code compiled with OpenMP: setup.py adds
+// -fopenmp). The bias joins each fp32 sum where it is scaled and rounded
+// to the output (Ops::store_rows), not in a pass of its own.
 //
 // Three routes (multiply_kernels.inc has the kernels and how they decode
 // the stream):
@@ -36,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -251,9 +254,10 @@ void transpose_to_tiles(const scalar_t* x, int64_t batch, int64_t cols, float* x
   });
 }
 
+// Each route writes y = x M^T + bias (bias: fp32, or null for none).
 template <typename Ops, typename scalar_t, typename index_t>
 void multiply_vector(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
-                     scalar_t* y) {
+                     const float* bias, scalar_t* y) {
   // x as fp32, each right-hand side followed by the zeros that the kernels
   // may read past its end.
   const int64_t x_stride = s.cols + Ops::kXPadding;
@@ -269,13 +273,13 @@ void multiply_vector(const Stream<scalar_t, index_t>& s, const at::Tensor& x, in
     if (out_scale != 1.0f) scale_up(x32, batch * x_stride);
   }
   at::parallel_for(0, rows, row_grain(s.cols), [&](int64_t r0, int64_t r1) {
-    Ops::vector_rows(s, x32, x_stride, batch, out_scale, r0, r1, y, rows);
+    Ops::vector_rows(s, x32, x_stride, batch, out_scale, bias, r0, r1, y, rows);
   });
 }
 
 template <typename Ops, typename scalar_t, typename index_t>
 void multiply_sparse(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
-                     scalar_t* y) {
+                     const float* bias, scalar_t* y) {
   at::Tensor xt = at::empty({Ops::round_up_lanes(batch) * s.cols}, x.options().dtype(at::kFloat));
   float* xtp = xt.mutable_data_ptr<float>();
   transpose_to_tiles<Ops>(x.const_data_ptr<scalar_t>(), batch, s.cols, xtp);
@@ -285,12 +289,12 @@ void multiply_sparse(const Stream<scalar_t, index_t>& s, const at::Tensor& x, in
     if (out_scale != 1.0f) scale_up(xtp, xt.numel());
   }
   at::parallel_for(0, rows, row_grain(s.cols),
-                   [&](int64_t r0, int64_t r1) { Ops::batch_rows(s, xtp, batch, out_scale, r0, r1, y, rows); });
+                   [&](int64_t r0, int64_t r1) { Ops::batch_rows(s, xtp, batch, out_scale, bias, r0, r1, y, rows); });
 }
 
 template <typename Ops, typename scalar_t, typename index_t>
 void multiply_dense(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
-                    at::Tensor& y) {
+                    const float* bias, at::Tensor& y) {
   const auto f32 = x.options().dtype(at::kFloat);
   at::Tensor x32 = x;
   at::Tensor y32 = y;
@@ -321,25 +325,35 @@ void multiply_dense(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int
     at::Tensor out = y32.narrow(1, t0, t1 - t0);
     at::mm_out(out, x32, tile.narrow(0, 0, t1 - t0).t());
   }
-  if (out_scale != 1.0f) y32.mul_(out_scale);
-  if constexpr (!std::is_same_v<scalar_t, float>) {
-    const float* y32p = y32.const_data_ptr<float>();
+  // The scale, the bias and the rounding to scalar_t in one pass over y32
+  // (in place for fp32, where y32 is y); none is needed for fp32 without
+  // either.
+  if (!std::is_same_v<scalar_t, float> || out_scale != 1.0f || bias != nullptr) {
+    float* y32p = y32.mutable_data_ptr<float>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch, row_grain(rows), [&](int64_t b0, int64_t b1) {
-      Ops::from_float(y32p + b0 * rows, (b1 - b0) * rows, yp + b0 * rows);
+      for (int64_t b = b0; b < b1; ++b) Ops::store_rows(y32p + b * rows, rows, out_scale, bias, yp + b * rows);
     });
   }
 }
 
 at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices,
-                        int64_t rows, int64_t cols, const at::Tensor& x_in) {
+                        int64_t rows, int64_t cols, const at::Tensor& x_in, const std::optional<at::Tensor>& bias_in) {
   check_compressed(values, deltas, row_indices, rows, cols);
   check_multiply_input(values, cols, x_in);
+  check_bias(values, rows, bias_in);
   const at::Tensor x = x_in.contiguous();
   const int64_t batch = x.dim() == 2 ? x.size(0) : 1;
   at::Tensor y = x.dim() == 2 ? at::empty({batch, rows}, values.options()) : at::empty({rows}, values.options());
   if (y.numel() == 0) return y;
-  if (cols == 0) return y.zero_();  // no column to store an entry in
+  if (cols == 0) {  // no column to store an entry in: an empty sum
+    y.zero_();
+    return bias_in.has_value() ? y.add_(*bias_in) : y;
+  }
+  // The kernels add the bias to their fp32 sums.
+  at::Tensor bias32;
+  if (bias_in.has_value()) bias32 = bias_in->to(at::kFloat).contiguous();
+  const float* bias = bias32.defined() ? bias32.const_data_ptr<float>() : nullptr;
   const Kernels kernels = cols <= kMaxVectorCols ? cpu::chosen_kernels() : Kernels::kBaseline;
   MACKO_DISPATCH_VALUE_TYPES(values.scalar_type(), "macko_multiply_cpu", [&] {
     MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
@@ -359,11 +373,11 @@ at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas, cons
           route = Route::kSparse;
         }
         if (route == Route::kVector) {
-          multiply_vector<Ops>(s, x2, batch, rows, yp);
+          multiply_vector<Ops>(s, x2, batch, rows, bias, yp);
         } else if (route == Route::kSparse) {
-          multiply_sparse<Ops>(s, x2, batch, rows, yp);
+          multiply_sparse<Ops>(s, x2, batch, rows, bias, yp);
         } else {
-          multiply_dense<Ops>(s, x2, batch, rows, y2);
+          multiply_dense<Ops>(s, x2, batch, rows, bias, y2);
         }
       });
     });

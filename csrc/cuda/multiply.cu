@@ -242,9 +242,11 @@ void multiply_tiles(const at::Tensor& values, const at::Tensor& deltas, const at
 }
 
 at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_in, const at::Tensor& row_indices,
-                         int64_t rows, int64_t cols, const at::Tensor& x_in) {
+                         int64_t rows, int64_t cols, const at::Tensor& x_in,
+                         const std::optional<at::Tensor>& bias) {
   check_compressed(values_in, deltas_in, row_indices, rows, cols);
   check_multiply_input(values_in, cols, x_in);
+  check_bias(values_in, rows, bias);
   check_cols_fit(cols);
   const c10::cuda::CUDAGuard guard(values_in.device());
   const at::Tensor values = aligned16(values_in);
@@ -268,6 +270,9 @@ at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_i
       multiply_stream(values, deltas, row_indices, rows, cols, x, y);
     }
   }
+  // The GPU kernels have no bias in their epilogues: a second pass (the
+  // CPU kernels add it to the fp32 sums).
+  if (bias.has_value() && y.numel() > 0) y.add_(*bias);
   return batched ? y : y.view({rows});
 }
 
