@@ -21,8 +21,10 @@
 # PROFILE_CASES, kernels matching the regex PROFILE_KERNELS, default
 # multiply_kernel), source (Nsight Compute's per-instruction counts and
 # stall samples, SASS, of the first kernel matching PROFILE_KERNELS in each
-# case of SOURCE_CASES, as gzipped CSV). ROUTE (default auto) is passed to
-# bench and batch as --route. Stages run in that order. Measured data lands in
+# case of SOURCE_CASES, as gzipped CSV), ablation
+# (benchmarks/experiments/stream_ablation.py, ABLATION_ARGS). ROUTE
+# (default auto) is passed to bench and batch as --route. Stages run in
+# that order. Measured data lands in
 # $OUT/results.tgz, refreshed after every stage so that a run cut short
 # keeps what it measured.
 set -uo pipefail
@@ -162,6 +164,13 @@ if has source; then
       2>&1 | gzip >"$OUT/results/source/$name.sass.csv.gz" || status=1
   done
   ls -la "$OUT/results/source"
+fi
+
+if has ablation; then
+  step ablation
+  mkdir -p "$OUT/results"
+  $PYTHON benchmarks/experiments/stream_ablation.py --out "$OUT/results/stream-ablation.csv" ${ABLATION_ARGS:-} 2>&1 \
+    | tee "$OUT/ablation.log" | tail -40 || status=1
 fi
 
 step done
