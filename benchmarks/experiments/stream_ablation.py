@@ -13,9 +13,7 @@ each call, and back to back in a CUDA graph (time per call), medians.
 """
 
 import argparse
-import contextlib
 import csv
-import os
 import sys
 
 import torch
@@ -24,20 +22,6 @@ import macko_spmv
 from macko_spmv.bench import matrices, spmv, timing
 
 VARIANTS = ("product", "decode", "ring")
-
-
-@contextlib.contextmanager
-def stream_variant(name):
-    """MACKO_STREAM_VARIANT=name for the launches (and graph captures) inside."""
-    saved = os.environ.get("MACKO_STREAM_VARIANT")
-    os.environ["MACKO_STREAM_VARIANT"] = name
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("MACKO_STREAM_VARIANT", None)
-        else:
-            os.environ["MACKO_STREAM_VARIANT"] = saved
 
 
 def main(argv=None):
@@ -66,7 +50,7 @@ def main(argv=None):
             cublas_f = flushed.median_us(spmv.dense_call(W, x))
             cublas_g = graph.measure(lambda: spmv.dense_call(W.clone(), x), W.numel() * W.element_size()).us_per_call
             for variant in VARIANTS:
-                with stream_variant(variant):
+                with spmv.environment_variable("MACKO_STREAM_VARIANT", variant):
                     f_us = flushed.median_us(spmv.macko_call(A, x))
                     g_us = graph.measure(lambda: spmv.macko_call(spmv.macko_copy(A), x), A.nbytes).us_per_call
                 row = dict(shape=f"{n_rows}x{n_cols}", density=density, variant=variant, flushed_us=f"{f_us:.1f}",

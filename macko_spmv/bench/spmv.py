@@ -69,18 +69,24 @@ KNOWN_ROUTES = ("auto", "stream", "tiles", "dense")
 
 
 @contextlib.contextmanager
-def multiply_route(name):
-    """Sets MACKO_MULTIPLY_ROUTE=name for the calls inside, then restores
-    what was there."""
-    saved = os.environ.get(ROUTE_VARIABLE)
-    os.environ[ROUTE_VARIABLE] = name
+def environment_variable(variable, value):
+    """Sets the environment variable to value for the calls inside (the
+    library reads its MACKO_* switches at every call), then restores what
+    was there."""
+    saved = os.environ.get(variable)
+    os.environ[variable] = value
     try:
         yield
     finally:
         if saved is None:
-            os.environ.pop(ROUTE_VARIABLE, None)
+            os.environ.pop(variable, None)
         else:
-            os.environ[ROUTE_VARIABLE] = saved
+            os.environ[variable] = saved
+
+
+def multiply_route(name):
+    """MACKO_MULTIPLY_ROUTE=name for the calls inside."""
+    return environment_variable(ROUTE_VARIABLE, name)
 
 
 def measure_peak_bandwidth(timer, nbytes, device, seed):
