@@ -231,36 +231,41 @@ void multiply_stream(const at::Tensor& values, const at::Tensor& deltas, const a
   }
 }
 
-// y [batch, rows] through the tile kernel, tiles_impl::kMaxBatch
-// right-hand sides per pass; x's rows 16-byte aligned (copied if not).
-void multiply_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
-                    int64_t cols, const at::Tensor& x_in, at::Tensor& y) {
-  const bool aligned = x_in.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x_in.const_data_ptr()) % 16 == 0;
+// y [batch, rows] through a tensor-core batch kernel, kPassBatch right-hand
+// sides per pass (`pass` runs one: one of the *_typed entry points, for the
+// matrix's dtype); x's rows `alignment`-byte aligned (copied if not).
+template <int64_t kPassBatch, typename Pass>
+void multiply_in_passes(Pass&& pass, int alignment, const at::Tensor& values, const at::Tensor& deltas,
+                        const at::Tensor& row_indices, int64_t rows, int64_t cols, const at::Tensor& x_in,
+                        at::Tensor& y) {
+  const int64_t alignment_scalars = alignment / static_cast<int64_t>(x_in.element_size());
+  const bool aligned = x_in.stride(0) % alignment_scalars == 0 &&
+                       reinterpret_cast<uintptr_t>(x_in.const_data_ptr()) % alignment == 0;
   const at::Tensor x = aligned ? x_in : x_in.clone(at::MemoryFormat::Contiguous);
   const int64_t batch = x.size(0);
-  for (int64_t b0 = 0; b0 < batch; b0 += tiles_impl::kMaxBatch) {
-    const int64_t nb = std::min<int64_t>(tiles_impl::kMaxBatch, batch - b0);
+  for (int64_t b0 = 0; b0 < batch; b0 += kPassBatch) {
+    const int64_t nb = std::min<int64_t>(kPassBatch, batch - b0);
     at::Tensor y_chunk = y.narrow(0, b0, nb);
-    MACKO_DISPATCH_16BIT_TYPES(values.scalar_type(), "macko_multiply_tiles", [&] {
-      tiles_impl::multiply_tiles_typed<scalar_t>(values, deltas, row_indices, rows, cols, x.narrow(0, b0, nb), y_chunk);
+    MACKO_DISPATCH_16BIT_TYPES(values.scalar_type(), "macko_multiply_batch_kernel", [&] {
+      pass(scalar_t{}, values, deltas, row_indices, rows, cols, x.narrow(0, b0, nb), y_chunk);
     });
   }
 }
 
-// y [batch, rows] through the lane kernel, lanes_impl::kMaxBatch
-// right-hand sides per pass; x's rows 4-byte aligned (copied if not).
+// The tile kernel: 16-byte aligned rows of x (its cp.async copies).
+void multiply_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
+                    int64_t cols, const at::Tensor& x, at::Tensor& y) {
+  multiply_in_passes<tiles_impl::kMaxBatch>(
+      [](auto scalar, auto&&... args) { tiles_impl::multiply_tiles_typed<decltype(scalar)>(args...); }, 16, values,
+      deltas, row_indices, rows, cols, x, y);
+}
+
+// The lane kernel: 4-byte aligned rows of x (its fragment loads).
 void multiply_lanes(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
-                    int64_t cols, const at::Tensor& x_in, at::Tensor& y) {
-  const bool aligned = x_in.stride(0) % 2 == 0 && reinterpret_cast<uintptr_t>(x_in.const_data_ptr()) % 4 == 0;
-  const at::Tensor x = aligned ? x_in : x_in.clone(at::MemoryFormat::Contiguous);
-  const int64_t batch = x.size(0);
-  for (int64_t b0 = 0; b0 < batch; b0 += lanes_impl::kMaxBatch) {
-    const int64_t nb = std::min<int64_t>(lanes_impl::kMaxBatch, batch - b0);
-    at::Tensor y_chunk = y.narrow(0, b0, nb);
-    MACKO_DISPATCH_16BIT_TYPES(values.scalar_type(), "macko_multiply_lanes", [&] {
-      lanes_impl::multiply_lanes_typed<scalar_t>(values, deltas, row_indices, rows, cols, x.narrow(0, b0, nb), y_chunk);
-    });
-  }
+                    int64_t cols, const at::Tensor& x, at::Tensor& y) {
+  multiply_in_passes<lanes_impl::kMaxBatch>(
+      [](auto scalar, auto&&... args) { lanes_impl::multiply_lanes_typed<decltype(scalar)>(args...); }, 4, values,
+      deltas, row_indices, rows, cols, x, y);
 }
 
 at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_in, const at::Tensor& row_indices,

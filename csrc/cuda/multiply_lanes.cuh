@@ -123,8 +123,8 @@ struct LaneWalk {
                                         int lane) {
     const int slot = static_cast<int>((g / kGroupEntries) & (kRingGroups - 1));
     const bool inside = g < end;
-    copy16_async_if(inside, ring_values + (slot * kWarpSize + lane) * 8, stream_values + (inside ? g : 0));
-    copy4_async_if(inside, ring_nibbles + slot * kWarpSize + lane, stream_deltas + (inside ? g / 2 : 0));
+    copy_async_if<16>(inside, ring_values + (slot * kWarpSize + lane) * 8, stream_values + (inside ? g : 0));
+    copy_async_if<4>(inside, ring_nibbles + slot * kWarpSize + lane, stream_deltas + (inside ? g / 2 : 0));
     commit_async_copies();
   }
 
@@ -374,24 +374,17 @@ void launch_lanes(const at::Tensor& values, const at::Tensor& deltas, const at::
 template <typename scalar_t>
 void multiply_lanes_typed(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices,
                           int64_t rows, int64_t cols, const at::Tensor& x, at::Tensor& y) {
-  const int64_t batch = x.size(0);
-  TORCH_CHECK(batch >= 1 && batch <= kMaxBatch, "macko_spmv multiply (lanes): batch ", batch, " outside 1..",
-              kMaxBatch);
   MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
-    if (batch <= 8) {
-      launch_lanes<scalar_t, index_t, 1>(values, deltas, row_indices, rows, cols, x, y);
-    } else {
-      launch_lanes<scalar_t, index_t, 2>(values, deltas, row_indices, rows, cols, x, y);
-    }
+    dispatch_n_tiles<kMaxBatch / 8>(x.size(0), "lanes", [&](auto n_tiles) {
+      launch_lanes<scalar_t, index_t, decltype(n_tiles)::value>(values, deltas, row_indices, rows, cols, x, y);
+    });
   });
 }
 
 }  // namespace lanes_impl
 
 // The lane kernels of the 16-bit dtypes, compiled in multiply_<dtype>.cu.
-#define MACKO_INSTANTIATE_LANES(scalar_t)                                                                     \
-  template void lanes_impl::multiply_lanes_typed<scalar_t>(const at::Tensor&, const at::Tensor&, const at::Tensor&, \
-                                                           int64_t, int64_t, const at::Tensor&, at::Tensor&)
+#define MACKO_INSTANTIATE_LANES(scalar_t) MACKO_INSTANTIATE_BATCH_KERNEL(lanes_impl::multiply_lanes_typed, scalar_t)
 extern MACKO_INSTANTIATE_LANES(c10::Half);
 extern MACKO_INSTANTIATE_LANES(c10::BFloat16);
 
