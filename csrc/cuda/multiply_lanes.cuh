@@ -251,13 +251,15 @@ __global__ void __launch_bounds__(kMaxPanels * kWarpSize) lane_multiply_kernel(c
         const int64_t left = walk.end - walk.group;
         const int in_row = left >= kGroupEntries ? kGroupEntries : static_cast<int>(left);
         const scalar_t* entry = reinterpret_cast<const scalar_t*>(&walk.values);
-        unsigned below = 0;  // entries done after this segment: below hi, or outside the row
+        // Entries done after this segment: stored before, below hi, or
+        // outside the row (the previous row's leading ones count as stored).
+        unsigned below = 0;
         for_each_offset(steps, [&](int j, unsigned offset) {
           const unsigned c = walk.base + offset;
           if (j < in_row && j >= walk.pending && c - lo < static_cast<unsigned>(kSegmentCols)) {
             tile_row[c - lo] = entry[j];
           }
-          if (j >= in_row || c < hi) below |= 1u << j;
+          if (j >= in_row || j < walk.pending || c < hi) below |= 1u << j;
         });
         if (below == 0xFFu) {  // the group is done: on to the next
           walk.base += steps.odd_offsets() >> 24;
