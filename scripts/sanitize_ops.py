@@ -3,8 +3,8 @@
 Run by scripts/gpu_check.sh as
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python scripts/sanitize_ops.py
 Covers each dtype, both row-pointer widths, every kernel batch width, every
-route of multiply (the streaming kernel, the tile kernel, the lane kernel,
-and decompress + cuBLAS a slab at a time), odd shapes, empty rows, a row longer than the
+route of multiply (the streaming kernel, the tile kernel, and decompress +
+cuBLAS a slab at a time), odd shapes, empty rows, a row longer than the
 tile kernel's widest segment, and corrupted arrays that bypass validation.
 """
 
@@ -17,7 +17,7 @@ from macko_spmv.bench.matrices import random_pruned
 
 gen = torch.Generator().manual_seed(0)
 ops = torch.ops.macko_spmv
-ROUTES = ("stream", "tiles", "dense", "lanes")
+ROUTES = ("stream", "tiles", "dense")
 
 
 def each_route():

@@ -1,8 +1,7 @@
-"""The CUDA routes of multiply (the streaming kernel, the tile kernel, the
-lane kernel, and decompress + cuBLAS a slab at a time) and the decompress
-kernel, against float64. Shapes whose cols are a multiple of 8 reach the
-tile and lane kernels (16-bit values); the others take the stream route
-under "tiles" and "lanes"."""
+"""The CUDA routes of multiply (the streaming kernel, the tile kernel, and
+decompress + cuBLAS a slab at a time) and the decompress kernel, against
+float64. Shapes whose cols are a multiple of 8 reach the tile kernel (16-bit
+values); the others take the stream route under "tiles"."""
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from conftest import assert_product_close, poison_allocator, random_pruned, requ
 
 pytestmark = requires_cuda
 
-ROUTES = ["stream", "tiles", "dense", "lanes", "auto"]
+ROUTES = ["stream", "tiles", "dense", "auto"]
 
 
 @pytest.fixture(params=ROUTES)

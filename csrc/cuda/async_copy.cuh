@@ -40,28 +40,6 @@ __device__ __forceinline__ void copy4_async(void* dst, const void* src) {
 #endif
 }
 
-// A copy of kBytes (16: L2 only, or 4) if `copy` is true, else nothing
-// (src and dst are not touched): predicated, so that lanes that differ in
-// what they copy issue their copies without branches.
-template <int kBytes>
-__device__ __forceinline__ void copy_async_if(bool copy, void* dst, const void* src) {
-  static_assert(kBytes == 16 || kBytes == 4, "cp.async copies 16 bytes (L2 only) or 4");
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned shared_address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  const int predicate = copy;
-  if constexpr (kBytes == 16) {
-    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n @p cp.async.cg.shared.global [%0], [%1], 16;\n}"
-                 ::"r"(shared_address), "l"(src), "r"(predicate) : "memory");
-  } else {
-    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n @p cp.async.ca.shared.global [%0], [%1], 4;\n}"
-                 ::"r"(shared_address), "l"(src), "r"(predicate) : "memory");
-  }
-#else
-  if (copy && kBytes == 16) copy16_async(dst, src);
-  if (copy && kBytes == 4) copy4_async(dst, src);
-#endif
-}
-
 // Closes the group of copies this thread issued since the last commit.
 __device__ __forceinline__ void commit_async_copies() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

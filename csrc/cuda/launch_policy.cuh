@@ -4,7 +4,6 @@
 // overlap the kernel before them (programmatic dependent launch).
 #pragma once
 
-#include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
@@ -12,7 +11,6 @@
 #include <map>
 #include <mutex>
 #include <tuple>
-#include <type_traits>
 #include <utility>
 
 namespace macko {
@@ -64,34 +62,6 @@ inline int resident_blocks(const void* kernel, int device, int threads, int shar
   }
   return it->second;
 }
-
-// The tensor-core batch kernels (tile, lane) come in widths of 1, 2, 4 or
-// 8 n-tiles of 8 right-hand sides: calls f(std::integral_constant<int, N>)
-// with the narrowest N <= kMaxNTiles that holds `batch` (1..8 kMaxNTiles).
-template <int kMaxNTiles, typename F>
-void dispatch_n_tiles(int64_t batch, const char* kernel, F&& f) {
-  TORCH_CHECK(batch >= 1 && batch <= 8 * kMaxNTiles, "macko_spmv multiply (", kernel, "): batch ", batch,
-              " outside 1..", 8 * kMaxNTiles);
-  if (batch <= 8) {
-    f(std::integral_constant<int, 1>{});
-  } else if constexpr (kMaxNTiles >= 2) {
-    if (batch <= 16) {
-      f(std::integral_constant<int, 2>{});
-    } else if constexpr (kMaxNTiles >= 4) {
-      if (batch <= 32) {
-        f(std::integral_constant<int, 4>{});
-      } else if constexpr (kMaxNTiles >= 8) {
-        f(std::integral_constant<int, 8>{});
-      }
-    }
-  }
-}
-
-// Their entry points, y [batch, rows] = x [batch, cols] M^T for one 16-bit
-// dtype: instantiated in multiply_<dtype>.cu, declared extern elsewhere.
-#define MACKO_INSTANTIATE_BATCH_KERNEL(function, scalar_t)                                                 \
-  template void function<scalar_t>(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, \
-                                   const at::Tensor&, at::Tensor&)
 
 // Programmatic dependent launch (sm_90+). A kernel launched with it may be
 // scheduled while the kernel before it in the stream is still finishing

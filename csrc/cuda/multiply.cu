@@ -18,14 +18,10 @@
 //   more), from torch's caching allocator, so layers reuse one block and
 //   torch.cuda.empty_cache() frees it; it is the only extra memory.
 //
-// - "lanes" (opt-in only, an experiment): the lane kernel
-//   (multiply_lanes.cuh), one lane per row, 1 to 16 right-hand sides per
-//   pass, where the tile kernel applies.
-//
 // "auto" takes the stream route up to kStreamMaxBatch right-hand sides, the
 // tile kernel up to kTilesMaxBatch where it applies, and the dense route
 // above: the crossovers measured on an H200 (benchmarks/NOTES.md, v13g-k).
-// MACKO_MULTIPLY_ROUTE=stream|tiles|dense|lanes
+// MACKO_MULTIPLY_ROUTE=stream|tiles|dense
 // in the environment overrides the choice on every call, for benchmarks and
 // tests.
 #include <torch/library.h>
@@ -38,14 +34,13 @@
 
 #include "decompress.cuh"
 #include "multiply.cuh"
-#include "multiply_lanes.cuh"
 #include "multiply_tiles.cuh"
 
 namespace macko {
 namespace cuda {
 namespace {
 
-enum class Route { kAuto, kStream, kTiles, kDense, kLanes };
+enum class Route { kAuto, kStream, kTiles, kDense };
 
 Route requested_route() {
   const char* name = std::getenv("MACKO_MULTIPLY_ROUTE");
@@ -53,8 +48,7 @@ Route requested_route() {
   if (std::strcmp(name, "stream") == 0) return Route::kStream;
   if (std::strcmp(name, "tiles") == 0) return Route::kTiles;
   if (std::strcmp(name, "dense") == 0) return Route::kDense;
-  if (std::strcmp(name, "lanes") == 0) return Route::kLanes;
-  TORCH_CHECK_VALUE(false, "MACKO_MULTIPLY_ROUTE must be auto, stream, tiles, dense or lanes, got '", name, "'");
+  TORCH_CHECK_VALUE(false, "MACKO_MULTIPLY_ROUTE must be auto, stream, tiles or dense, got '", name, "'");
 }
 
 // Largest batch that "auto" sends to the streaming kernel (one pass), and
@@ -231,41 +225,20 @@ void multiply_stream(const at::Tensor& values, const at::Tensor& deltas, const a
   }
 }
 
-// y [batch, rows] through a tensor-core batch kernel, kPassBatch right-hand
-// sides per pass (`pass` runs one: one of the *_typed entry points, for the
-// matrix's dtype); x's rows `alignment`-byte aligned (copied if not).
-template <int64_t kPassBatch, typename Pass>
-void multiply_in_passes(Pass&& pass, int alignment, const at::Tensor& values, const at::Tensor& deltas,
-                        const at::Tensor& row_indices, int64_t rows, int64_t cols, const at::Tensor& x_in,
-                        at::Tensor& y) {
-  const int64_t alignment_scalars = alignment / static_cast<int64_t>(x_in.element_size());
-  const bool aligned = x_in.stride(0) % alignment_scalars == 0 &&
-                       reinterpret_cast<uintptr_t>(x_in.const_data_ptr()) % alignment == 0;
+// y [batch, rows] through the tile kernel, tiles_impl::kMaxBatch
+// right-hand sides per pass; x's rows 16-byte aligned (copied if not).
+void multiply_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
+                    int64_t cols, const at::Tensor& x_in, at::Tensor& y) {
+  const bool aligned = x_in.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x_in.const_data_ptr()) % 16 == 0;
   const at::Tensor x = aligned ? x_in : x_in.clone(at::MemoryFormat::Contiguous);
   const int64_t batch = x.size(0);
-  for (int64_t b0 = 0; b0 < batch; b0 += kPassBatch) {
-    const int64_t nb = std::min<int64_t>(kPassBatch, batch - b0);
+  for (int64_t b0 = 0; b0 < batch; b0 += tiles_impl::kMaxBatch) {
+    const int64_t nb = std::min<int64_t>(tiles_impl::kMaxBatch, batch - b0);
     at::Tensor y_chunk = y.narrow(0, b0, nb);
-    MACKO_DISPATCH_16BIT_TYPES(values.scalar_type(), "macko_multiply_batch_kernel", [&] {
-      pass(scalar_t{}, values, deltas, row_indices, rows, cols, x.narrow(0, b0, nb), y_chunk);
+    MACKO_DISPATCH_16BIT_TYPES(values.scalar_type(), "macko_multiply_tiles", [&] {
+      tiles_impl::multiply_tiles_typed<scalar_t>(values, deltas, row_indices, rows, cols, x.narrow(0, b0, nb), y_chunk);
     });
   }
-}
-
-// The tile kernel: 16-byte aligned rows of x (its cp.async copies).
-void multiply_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
-                    int64_t cols, const at::Tensor& x, at::Tensor& y) {
-  multiply_in_passes<tiles_impl::kMaxBatch>(
-      [](auto scalar, auto&&... args) { tiles_impl::multiply_tiles_typed<decltype(scalar)>(args...); }, 16, values,
-      deltas, row_indices, rows, cols, x, y);
-}
-
-// The lane kernel: 4-byte aligned rows of x (its fragment loads).
-void multiply_lanes(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
-                    int64_t cols, const at::Tensor& x, at::Tensor& y) {
-  multiply_in_passes<lanes_impl::kMaxBatch>(
-      [](auto scalar, auto&&... args) { lanes_impl::multiply_lanes_typed<decltype(scalar)>(args...); }, 4, values,
-      deltas, row_indices, rows, cols, x, y);
 }
 
 at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_in, const at::Tensor& row_indices,
@@ -293,8 +266,6 @@ at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_i
       multiply_dense(values, deltas, row_indices, rows, cols, x, y);
     } else if (route == Route::kTiles && tiles_apply(values, cols)) {
       multiply_tiles(values, deltas, row_indices, rows, cols, x, y);
-    } else if (route == Route::kLanes && tiles_apply(values, cols)) {
-      multiply_lanes(values, deltas, row_indices, rows, cols, x, y);
     } else {
       multiply_stream(values, deltas, row_indices, rows, cols, x, y);
     }

@@ -303,17 +303,27 @@ void launch_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::
 template <typename scalar_t>
 void multiply_tiles_typed(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices,
                           int64_t rows, int64_t cols, const at::Tensor& x, at::Tensor& y) {
+  const int64_t batch = x.size(0);
+  TORCH_CHECK(batch >= 1 && batch <= kMaxBatch, "macko_spmv multiply (tiles): batch ", batch, " outside 1..", kMaxBatch);
   MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
-    dispatch_n_tiles<kMaxBatch / 8>(x.size(0), "tiles", [&](auto n_tiles) {
-      launch_tiles<scalar_t, index_t, decltype(n_tiles)::value>(values, deltas, row_indices, rows, cols, x, y);
-    });
+    if (batch <= 8) {
+      launch_tiles<scalar_t, index_t, 1>(values, deltas, row_indices, rows, cols, x, y);
+    } else if (batch <= 16) {
+      launch_tiles<scalar_t, index_t, 2>(values, deltas, row_indices, rows, cols, x, y);
+    } else if (batch <= 32) {
+      launch_tiles<scalar_t, index_t, 4>(values, deltas, row_indices, rows, cols, x, y);
+    } else {
+      launch_tiles<scalar_t, index_t, 8>(values, deltas, row_indices, rows, cols, x, y);
+    }
   });
 }
 
 }  // namespace tiles_impl
 
 // The tile kernels of the 16-bit dtypes, compiled in multiply_<dtype>.cu.
-#define MACKO_INSTANTIATE_TILES(scalar_t) MACKO_INSTANTIATE_BATCH_KERNEL(tiles_impl::multiply_tiles_typed, scalar_t)
+#define MACKO_INSTANTIATE_TILES(scalar_t)                                                                     \
+  template void tiles_impl::multiply_tiles_typed<scalar_t>(const at::Tensor&, const at::Tensor&, const at::Tensor&, \
+                                                           int64_t, int64_t, const at::Tensor&, at::Tensor&)
 extern MACKO_INSTANTIATE_TILES(c10::Half);
 extern MACKO_INSTANTIATE_TILES(c10::BFloat16);
 

@@ -65,7 +65,7 @@ MAX_BATCH = 2048
 # How the library is told which multiply route to take.
 ROUTE_VARIABLE = "MACKO_MULTIPLY_ROUTE"
 # The route names the library knows (others are passed on as they are).
-KNOWN_ROUTES = ("auto", "stream", "tiles", "dense", "lanes")
+KNOWN_ROUTES = ("auto", "stream", "tiles", "dense")
 
 
 @contextlib.contextmanager
