@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace macko {
 namespace cuda {
@@ -29,14 +30,18 @@ __device__ __forceinline__ void copy16_async(void* dst, const void* src) {
 #endif
 }
 
-// The same for 4 bytes (4-byte aligned), for the ends of arrays whose length
-// is not a multiple of 16 bytes: a 16-byte copy there would read past the end.
-__device__ __forceinline__ void copy4_async(void* dst, const void* src) {
+// The same for 4 or 8 bytes (kBytes; both pointers aligned to it), for the
+// ends of arrays whose length is not a multiple of 16 bytes: a 16-byte copy
+// there would read past the end.
+template <int kBytes>
+__device__ __forceinline__ void copy_small_async(void* dst, const void* src) {
+  static_assert(kBytes == 4 || kBytes == 8, "cp.async.ca copies 4, 8 or 16 bytes");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned shared_address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(shared_address), "l"(src) : "memory");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(shared_address), "l"(src), "n"(kBytes) : "memory");
 #else
-  *static_cast<unsigned*>(dst) = __ldg(static_cast<const unsigned*>(src));
+  using Word = std::conditional_t<kBytes == 8, uint2, unsigned>;
+  *static_cast<Word*>(dst) = __ldg(static_cast<const Word*>(src));
 #endif
 }
 

@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/Float8_e4m3fn.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -129,6 +130,40 @@ struct GroupValues {
   }
   __device__ __forceinline__ float operator[](int j) const {
     return static_cast<float>(reinterpret_cast<const scalar_t*>(words)[j]);
+  }
+};
+
+// The values of one group of 8-bit values (int8_t or c10::Float8_e4m3fn,
+// the quantized matrices): 8 bytes, entry j in byte j % 4 of word j / 4. A
+// zero byte is the value 0 in both types.
+struct GroupBytes {
+  uint2 word;
+
+  __device__ __forceinline__ void load_shared(const void* group) { word = *static_cast<const uint2*>(group); }
+  __device__ __forceinline__ void clear() { word = make_uint2(0, 0); }
+  // Zeroes the entries whose bit in `mask` is clear.
+  __device__ __forceinline__ void keep(unsigned mask) {
+    uint32_t low = 0, high = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      low |= ((mask >> k) & 1u) * (0xFFu << (8 * k));
+      high |= ((mask >> (k + 4)) & 1u) * (0xFFu << (8 * k));
+    }
+    word.x &= low;
+    word.y &= high;
+  }
+};
+template <>
+struct GroupValues<int8_t> : GroupBytes {
+  __device__ __forceinline__ float operator[](int j) const {
+    return static_cast<float>(static_cast<int8_t>(__byte_perm(j < 4 ? word.x : word.y, 0u, 0x4440 + j % 4)));
+  }
+};
+template <>
+struct GroupValues<c10::Float8_e4m3fn> : GroupBytes {
+  __device__ __forceinline__ float operator[](int j) const {
+    const uint8_t bits = static_cast<uint8_t>(__byte_perm(j < 4 ? word.x : word.y, 0u, 0x4440 + j % 4));
+    return static_cast<float>(c10::Float8_e4m3fn(bits, c10::Float8_e4m3fn::from_bits()));
   }
 };
 

@@ -221,7 +221,7 @@ void multiply_stream(const at::Tensor& values, const at::Tensor& deltas, const a
     multiply_impl::MultiplyProblem problem{values, deltas, row_indices, rows, cols,
                                            x.narrow(0, b0, nb), y.narrow(0, b0, nb), kernel_batch(nb)};
     MACKO_DISPATCH_VALUE_TYPES(values.scalar_type(), "macko_multiply_cuda",
-                               [&] { multiply_impl::multiply_typed<scalar_t>(problem); });
+                               [&] { multiply_impl::multiply_typed<scalar_t, scalar_t>(problem); });
   }
 }
 

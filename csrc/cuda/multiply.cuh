@@ -91,11 +91,15 @@ struct MultiplyProblem {
   at::Tensor x;  // [batch, cols], unit column stride, any row stride
   at::Tensor y;  // [batch, rows], rows contiguous with row stride `rows`
   int width;     // the kernel's batch width: 1, 2, 4 or 8, at least batch
+  at::Tensor scales;  // 8-bit values only: [rows], the rows' scales in x's dtype (undefined otherwise)
 };
 
-template <typename scalar_t, typename index_t>
+// scalar_t: the dtype of x and y; value_t: the stored values' type, the
+// same or, for a quantized matrix, int8_t or c10::Float8_e4m3fn, whose row
+// r stands for its values times scales[r].
+template <typename scalar_t, typename value_t, typename index_t>
 struct MultiplyArgs {
-  const scalar_t* values;
+  const value_t* values;
   const uint8_t* deltas;
   const index_t* row_indices;
   int64_t n_entries;  // values.numel(): every row range is clamped to it
@@ -106,6 +110,7 @@ struct MultiplyArgs {
   const scalar_t* x_t;  // gathered from global memory: [cols] or [cols][kBatch]
   int batch;            // right-hand sides that are real (the rest are padding)
   scalar_t* y;          // [batch][rows]
+  const scalar_t* scales;  // [rows] for 8-bit values, else nullptr
   int64_t warps;        // warp w takes rows [w * rows / warps, (w + 1) * rows / warps)
   int x_shared_bytes;  // bytes of shared memory before the rings (x_t, 16-byte aligned)
 };
@@ -182,15 +187,17 @@ inline StreamVariant stream_variant() {
   return variant;
 }
 
-template <typename scalar_t, typename index_t, int kBatch, bool kSharedX, int kVariant = kStreamProduct>
+template <typename scalar_t, typename value_t, typename index_t, int kBatch, bool kSharedX,
+          int kVariant = kStreamProduct>
 __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
-    multiply_kernel(const MultiplyArgs<scalar_t, index_t> args) {
+    multiply_kernel(const MultiplyArgs<scalar_t, value_t, index_t> args) {
   static_assert(kVariant == kStreamProduct || kBatch == 1, "the experiment variants take one vector");
+  constexpr bool kScaled = !std::is_same_v<value_t, scalar_t>;  // 8-bit values
   extern __shared__ uint4 shared_words[];
-  constexpr int kSteps = kStageSteps<scalar_t>;
+  constexpr int kSteps = kStageSteps<value_t>;
   constexpr int kStageEntries = kSteps * kWarpStepEntries;
   constexpr int kGroup = static_cast<int>(kGroupEntries);
-  using Ring = WarpRing<scalar_t>;
+  using Ring = WarpRing<value_t>;
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   const int64_t warp_id = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + warp;
@@ -198,10 +205,10 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
   const int64_t end_row = warp_id < args.warps ? (warp_id + 1) * args.rows / args.warps : args.rows;
 
   uint8_t* ring_memory = reinterpret_cast<uint8_t*>(shared_words) + args.x_shared_bytes +
-                         static_cast<int64_t>(warp) * kRingBytesPerWarp<scalar_t>;
+                         static_cast<int64_t>(warp) * kRingBytesPerWarp<value_t>;
   Ring ring;
-  ring.values = reinterpret_cast<scalar_t*>(ring_memory);
-  ring.nibbles = reinterpret_cast<uint32_t*>(ring_memory + Ring::kEntries * sizeof(scalar_t));
+  ring.values = reinterpret_cast<value_t*>(ring_memory);
+  ring.nibbles = reinterpret_cast<uint32_t*>(ring_memory + Ring::kEntries * sizeof(value_t));
 
   // The warp's entries are the window [window_first, window_end), clamped
   // to the stream and to what its rows can hold (each row at most cols
@@ -209,14 +216,23 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
   // kept relative to the ring's origin, clamped into the window, 31 rows at
   // a time: lane l holds the pointer of row pointer_row + l, so row
   // pointer_row + s spans lanes s and s + 1. The next 31 are loaded while
-  // these are used.
+  // these are used. The rows' scales (8-bit values) come along the same
+  // way, lane l holding row pointer_row + l's.
   int64_t window_first = 0, window_end = 0;
   auto relative_pointer = [&](int64_t row) {
     const int64_t p = static_cast<int64_t>(args.row_indices[min(row, end_row)]);
     return static_cast<int>(min(max(p, window_first), window_end) - ring.origin);
   };
+  auto row_scale = [&](int64_t row) {
+    if constexpr (kScaled) {
+      return static_cast<float>(args.scales[min(row, end_row - 1)]);
+    } else {
+      return 1.0f;
+    }
+  };
   int64_t pointer_row = first_row;
   int pointer = 0, next_pointer = 0;
+  float scale = 1.0f, next_scale = 1.0f;
   // With a programmatic launch this block may start while the kernel
   // before it finishes: it lets the next kernel be scheduled, then waits
   // for that one before it reads anything or writes y.
@@ -230,7 +246,11 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
                      min(args.n_entries, window_first + (end_row - first_row) * static_cast<int64_t>(args.cols)));
     ring.begin(args.values, args.deltas, window_first, window_end, lane);  // copies go out before x is staged
     pointer = relative_pointer(first_row + lane);
-    if (end_row - first_row > kWarpSize - 1) next_pointer = relative_pointer(first_row + kWarpSize - 1 + lane);
+    scale = row_scale(first_row + lane);
+    if (end_row - first_row > kWarpSize - 1) {
+      next_pointer = relative_pointer(first_row + kWarpSize - 1 + lane);
+      next_scale = row_scale(first_row + kWarpSize - 1 + lane);
+    }
   }
 
   const scalar_t* x = args.x_t;
@@ -253,7 +273,11 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
     if (row - pointer_row == kWarpSize - 1) {
       pointer_row = row;
       pointer = next_pointer;
-      if (end_row - row > kWarpSize - 1) next_pointer = relative_pointer(row + kWarpSize - 1 + lane);
+      scale = next_scale;
+      if (end_row - row > kWarpSize - 1) {
+        next_pointer = relative_pointer(row + kWarpSize - 1 + lane);
+        next_scale = row_scale(row + kWarpSize - 1 + lane);
+      }
     }
     const int slot = static_cast<int>(row - pointer_row);
     // The row's entries, after the previous row's and at most cols of them
@@ -273,7 +297,7 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
       // count as empty, and a half stage of them is skipped whole.
       const bool stage_in_row = step + kStageEntries <= row_end;
       int first[kSteps];  // the lane's groups
-      GroupValues<scalar_t> group[kSteps];
+      GroupValues<value_t> group[kSteps];
       uint32_t nibbles[kSteps];
 #pragma unroll
       for (int u = 0; u < kSteps; ++u) {
@@ -337,37 +361,43 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
       if (lane == 0) reinterpret_cast<uint16_t*>(args.y)[row] = static_cast<uint16_t>(kept ^ (kept >> 16));
       continue;
     }
+    const float sum_scale = kScaled ? __shfl_sync(kFullMask, scale, slot) : 1.0f;
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const float sum = dot.total(b, lane);
-      if (lane == b && b < args.batch) args.y[b * args.rows + row] = static_cast<scalar_t>(sum);
+      if (lane == b && b < args.batch) args.y[b * args.rows + row] = static_cast<scalar_t>(kScaled ? sum * sum_scale : sum);
     }
   }
   ring.drain();
 }
 
-template <typename scalar_t, typename index_t, int kBatch>
+template <typename scalar_t, typename value_t, typename index_t, int kBatch>
 void launch_multiply(const MultiplyProblem& problem) {
   const int64_t rows = problem.rows, cols = problem.cols;
   if (rows == 0) return;
   const int device = current_device();
   const DeviceFacts& facts = device_facts(device);
-  constexpr int ring_bytes = kRingBytesPerWarp<scalar_t>;
+  constexpr int ring_bytes = kRingBytesPerWarp<value_t>;
   // x_t goes to shared memory when a block of kMinWarpsPerBlock warps still
   // fits beside it; otherwise it is gathered from global memory (L1/L2).
   const int64_t x_bytes = (cols * kBatch * static_cast<int64_t>(sizeof(scalar_t)) + 15) / 16 * 16;
   const bool shared_x = x_bytes + kMinWarpsPerBlock * ring_bytes <= facts.max_shared_per_block;
   // The experiment variants exist for fp16 values, 32-bit row pointers and
   // one vector in shared memory only.
-  using SharedXKernel = void (*)(MultiplyArgs<scalar_t, index_t>);
-  SharedXKernel shared_x_kernel = multiply_kernel<scalar_t, index_t, kBatch, true>;
-  if constexpr (kBatch == 1 && std::is_same_v<scalar_t, c10::Half> && std::is_same_v<index_t, int>) {
+  using Args = MultiplyArgs<scalar_t, value_t, index_t>;
+  using SharedXKernel = void (*)(Args);
+  SharedXKernel shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, kBatch, true>;
+  if constexpr (kBatch == 1 && std::is_same_v<scalar_t, c10::Half> && std::is_same_v<value_t, c10::Half> &&
+                std::is_same_v<index_t, int>) {
     const StreamVariant variant = stream_variant();
-    if (variant == kStreamRingOnly) shared_x_kernel = multiply_kernel<scalar_t, index_t, 1, true, kStreamRingOnly>;
-    if (variant == kStreamDecodeOnly) shared_x_kernel = multiply_kernel<scalar_t, index_t, 1, true, kStreamDecodeOnly>;
+    if (variant == kStreamRingOnly) shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, 1, true, kStreamRingOnly>;
+    if (variant == kStreamDecodeOnly) {
+      shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, 1, true, kStreamDecodeOnly>;
+    }
   }
+  const auto global_x_kernel = multiply_kernel<scalar_t, value_t, index_t, kBatch, false>;
   const void* kernel = shared_x ? reinterpret_cast<const void*>(shared_x_kernel)
-                                : reinterpret_cast<const void*>(multiply_kernel<scalar_t, index_t, kBatch, false>);
+                                : reinterpret_cast<const void*>(global_x_kernel);
   const int x_shared_bytes = shared_x ? static_cast<int>(x_bytes) : 0;
 
   // The block size that keeps the most warps resident per SM (ties: the
@@ -409,8 +439,8 @@ void launch_multiply(const MultiplyProblem& problem) {
     x_t = at::zeros({cols, kBatch}, problem.x.options());
     x_t.narrow(1, 0, batch).copy_(problem.x.t());
   }
-  MultiplyArgs<scalar_t, index_t> args{};
-  args.values = problem.values.const_data_ptr<scalar_t>();
+  Args args{};
+  args.values = problem.values.const_data_ptr<value_t>();
   args.deltas = problem.deltas.const_data_ptr<uint8_t>();
   args.row_indices = problem.row_indices.const_data_ptr<index_t>();
   args.n_entries = problem.values.numel();
@@ -421,6 +451,7 @@ void launch_multiply(const MultiplyProblem& problem) {
   args.x_t = x_t.defined() ? x_t.const_data_ptr<scalar_t>() : nullptr;
   args.batch = batch;
   args.y = problem.y.mutable_data_ptr<scalar_t>();
+  if constexpr (!std::is_same_v<value_t, scalar_t>) args.scales = problem.scales.const_data_ptr<scalar_t>();
   args.warps = warps;
   args.x_shared_bytes = x_shared_bytes;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -429,22 +460,22 @@ void launch_multiply(const MultiplyProblem& problem) {
   if (shared_x) {
     launch_kernel(shared_x_kernel, grid, block, shared_bytes, stream, programmatic, args);
   } else {
-    launch_kernel(multiply_kernel<scalar_t, index_t, kBatch, false>, grid, block, shared_bytes, stream, programmatic,
-                  args);
+    launch_kernel(global_x_kernel, grid, block, shared_bytes, stream, programmatic, args);
   }
 }
 
-// Runs y = M x for one value dtype, with the kernel of the problem's batch
-// width (instantiated once per dtype, in multiply_<dtype>.cu, so that the
-// dtypes compile in parallel).
-template <typename scalar_t>
+// Runs y = M x for one dtype of x (scalar_t) and of the stored values
+// (value_t: the same, or 8-bit), with the kernel of the problem's batch
+// width (instantiated once per pair, in multiply_<dtype>.cu, so that they
+// compile in parallel).
+template <typename scalar_t, typename value_t>
 void multiply_typed(const MultiplyProblem& problem) {
   MACKO_DISPATCH_INDEX_TYPES(problem.row_indices.scalar_type(), "macko_row_indices", [&] {
     switch (problem.width) {
-      case 1: launch_multiply<scalar_t, index_t, 1>(problem); break;
-      case 2: launch_multiply<scalar_t, index_t, 2>(problem); break;
-      case 4: launch_multiply<scalar_t, index_t, 4>(problem); break;
-      case 8: launch_multiply<scalar_t, index_t, 8>(problem); break;
+      case 1: launch_multiply<scalar_t, value_t, index_t, 1>(problem); break;
+      case 2: launch_multiply<scalar_t, value_t, index_t, 2>(problem); break;
+      case 4: launch_multiply<scalar_t, value_t, index_t, 4>(problem); break;
+      case 8: launch_multiply<scalar_t, value_t, index_t, 8>(problem); break;
       default: TORCH_CHECK(false, "macko_spmv multiply: no kernel of batch width ", problem.width);
     }
   });
@@ -452,13 +483,17 @@ void multiply_typed(const MultiplyProblem& problem) {
 
 }  // namespace multiply_impl
 
-// The kernels of one value dtype, compiled in multiply_<dtype>.cu
-// (MACKO_INSTANTIATE_MULTIPLY there, extern here).
-#define MACKO_INSTANTIATE_MULTIPLY(scalar_t) \
-  template void multiply_impl::multiply_typed<scalar_t>(const multiply_impl::MultiplyProblem&)
-extern MACKO_INSTANTIATE_MULTIPLY(c10::Half);
-extern MACKO_INSTANTIATE_MULTIPLY(c10::BFloat16);
-extern MACKO_INSTANTIATE_MULTIPLY(float);
+// The kernels of one pair of x's dtype and the values' type, compiled in
+// multiply_<dtype>.cu (MACKO_INSTANTIATE_MULTIPLY there, extern here).
+#define MACKO_INSTANTIATE_MULTIPLY(scalar_t, value_t) \
+  template void multiply_impl::multiply_typed<scalar_t, value_t>(const multiply_impl::MultiplyProblem&)
+extern MACKO_INSTANTIATE_MULTIPLY(c10::Half, c10::Half);
+extern MACKO_INSTANTIATE_MULTIPLY(c10::BFloat16, c10::BFloat16);
+extern MACKO_INSTANTIATE_MULTIPLY(float, float);
+extern MACKO_INSTANTIATE_MULTIPLY(c10::Half, int8_t);
+extern MACKO_INSTANTIATE_MULTIPLY(c10::BFloat16, int8_t);
+extern MACKO_INSTANTIATE_MULTIPLY(c10::Half, c10::Float8_e4m3fn);
+extern MACKO_INSTANTIATE_MULTIPLY(c10::BFloat16, c10::Float8_e4m3fn);
 
 }  // namespace cuda
 }  // namespace macko

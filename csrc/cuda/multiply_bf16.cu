@@ -4,7 +4,7 @@
 
 namespace macko {
 namespace cuda {
-MACKO_INSTANTIATE_MULTIPLY(c10::BFloat16);
+MACKO_INSTANTIATE_MULTIPLY(c10::BFloat16, c10::BFloat16);
 MACKO_INSTANTIATE_TILES(c10::BFloat16);
 }  // namespace cuda
 }  // namespace macko

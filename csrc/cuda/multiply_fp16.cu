@@ -4,7 +4,7 @@
 
 namespace macko {
 namespace cuda {
-MACKO_INSTANTIATE_MULTIPLY(c10::Half);
+MACKO_INSTANTIATE_MULTIPLY(c10::Half, c10::Half);
 MACKO_INSTANTIATE_TILES(c10::Half);
 }  // namespace cuda
 }  // namespace macko

@@ -3,6 +3,6 @@
 
 namespace macko {
 namespace cuda {
-MACKO_INSTANTIATE_MULTIPLY(float);
+MACKO_INSTANTIATE_MULTIPLY(float, float);
 }  // namespace cuda
 }  // namespace macko

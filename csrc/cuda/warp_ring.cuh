@@ -14,26 +14,30 @@ namespace multiply_impl {
 constexpr int kChunkEntries = kWarpStepEntries;
 constexpr int kChunkNibbleBytes = kChunkEntries / 2;
 // Warp steps per stage (one warp scan decodes the whole stage): two for
-// 16-bit values; one for fp32, whose groups take twice the registers.
-template <typename scalar_t>
-constexpr int kStageSteps = sizeof(scalar_t) == 2 ? 2 : 1;
+// 8- and 16-bit values; one for fp32, whose groups take twice the registers.
+// value_t is the stored value type (int8_t or c10::Float8_e4m3fn for 8-bit
+// values).
+template <typename value_t>
+constexpr int kStageSteps = sizeof(value_t) == 4 ? 1 : 2;
 // Chunks each warp keeps requested beyond the up to kStageSteps + 1 that
 // its current stage reads. Enough to cover DRAM latency with every warp of
 // the GPU streaming, and no more: the requests of all warps share one queue,
 // so a deeper lookahead only delays everyone's next chunk (measured: the
 // first stage waited 8-10 us for a lookahead of 5, benchmarks/NOTES.md).
-// About 2 KB a warp: three chunks of 16-bit values, two of fp32 ones.
-template <typename scalar_t>
-constexpr int kLookaheadChunks = sizeof(scalar_t) == 2 ? 3 : 2;
+// About 2 KB a warp: three chunks of 16-bit values, two of fp32 ones, five
+// of 8-bit ones (384 bytes a chunk).
+template <typename value_t>
+constexpr int kLookaheadChunks = sizeof(value_t) == 1 ? 5 : sizeof(value_t) == 2 ? 3 : 2;
 // Chunks in each warp's ring: a power of two that holds a stage and the
 // lookahead.
-template <typename scalar_t>
-constexpr int kRingChunks = sizeof(scalar_t) == 2 ? 8 : 4;
-template <typename scalar_t>
-constexpr int kRingBytesPerWarp = kRingChunks<scalar_t> * (kChunkEntries * static_cast<int>(sizeof(scalar_t)) +
-                                                           kChunkNibbleBytes);
-static_assert(kRingChunks<c10::Half> >= kStageSteps<c10::Half> + 1 + kLookaheadChunks<c10::Half> &&
-                  kRingChunks<float> >= kStageSteps<float> + 1 + kLookaheadChunks<float>,
+template <typename value_t>
+constexpr int kRingChunks = sizeof(value_t) == 4 ? 4 : 8;
+template <typename value_t>
+constexpr int kRingBytesPerWarp = kRingChunks<value_t> * (kChunkEntries * static_cast<int>(sizeof(value_t)) +
+                                                          kChunkNibbleBytes);
+template <typename value_t>
+constexpr bool kRingHoldsStage = kRingChunks<value_t> >= kStageSteps<value_t> + 1 + kLookaheadChunks<value_t>;
+static_assert(kRingHoldsStage<int8_t> && kRingHoldsStage<c10::Half> && kRingHoldsStage<float>,
               "a ring must hold a stage and its lookahead");
 // One warp's ring of chunks of its window of the stream. Chunk c holds the
 // entries [origin + 256c, origin + 256c + 256) in slot c % kChunks. Every
@@ -46,16 +50,22 @@ static_assert(kRingChunks<c10::Half> >= kStageSteps<c10::Half> + 1 + kLookaheadC
 // newer than the last chunk it needs, and waits with a constant. At the
 // start only the first stage's chunks are requested, so that they are not
 // queued behind every warp's lookahead.
-template <typename scalar_t>
+template <typename value_t>
 struct WarpRing {
-  static constexpr int kChunks = kRingChunks<scalar_t>;
-  static constexpr int kSteps = kStageSteps<scalar_t>;
-  static constexpr int kLookahead = kLookaheadChunks<scalar_t>;
+  static constexpr int kChunks = kRingChunks<value_t>;
+  static constexpr int kSteps = kStageSteps<value_t>;
+  static constexpr int kLookahead = kLookaheadChunks<value_t>;
   static constexpr int kAhead = kSteps + 1 + kLookahead;
   static constexpr int kEntries = kChunks * kChunkEntries;
   static_assert((kChunks & (kChunks - 1)) == 0, "ring positions wrap with a mask");
-  static constexpr int kValueWords = GroupValues<scalar_t>::kWords;
-  static constexpr int kScalarsPerWord = 16 / sizeof(scalar_t);
+  // A lane copies the values of kLaneEntries entries of a chunk: its group
+  // (16 bytes of 16-bit values, 32 of fp32 ones), or two groups of 8-bit
+  // values (16 bytes), so that every copy is 16 bytes; kValueLanes lanes
+  // copy a chunk's values.
+  static constexpr int kLaneEntries = sizeof(value_t) == 1 ? 2 * kGroupEntries : kGroupEntries;
+  static constexpr int kValueLanes = kChunkEntries / kLaneEntries;
+  static constexpr int kLaneCopies = kLaneEntries * static_cast<int>(sizeof(value_t)) / 16;
+  static constexpr int kValuesPerCopy = 16 / sizeof(value_t);
   // Lanes that copy a chunk's nibbles, 16 bytes (32 entries) each.
   static constexpr int kNibbleLanes = kChunkNibbleBytes / 16;
 
@@ -64,24 +74,25 @@ struct WarpRing {
   static constexpr int kOriginEntries = 16 * 2;
   static_assert(kChunkEntries % kOriginEntries == 0, "chunks start on whole 16-byte copies of deltas");
 
-  scalar_t* values;   // [kEntries], shared memory
+  value_t* values;    // [kEntries], shared memory
   uint32_t* nibbles;  // [kEntries / 8] words, shared memory
   int64_t origin;     // first entry of chunk 0 (a multiple of kOriginEntries)
   int limit;          // entries [0, limit) of the window may be read (a multiple of 8)
   int issued;         // chunks whose (possibly empty) copy group has been committed
-  // The lane's sources in chunk `issued`: its group's values, and (lanes
-  // below kNibbleLanes) 16 bytes of deltas.
-  const scalar_t* lane_values;
+  // The lane's sources in chunk `issued`: (lanes below kValueLanes) the
+  // values of its kLaneEntries, and (lanes below kNibbleLanes) 16 bytes of
+  // deltas.
+  const value_t* lane_values;
   const uint8_t* lane_deltas;
 
   // The window is entries [first, end) of the stream, end <= n_entries;
   // issues the chunks its first stage can read.
-  __device__ __forceinline__ void begin(const scalar_t* stream_values, const uint8_t* stream_deltas,
+  __device__ __forceinline__ void begin(const value_t* stream_values, const uint8_t* stream_deltas,
                                         int64_t first, int64_t end, int lane) {
     origin = first & ~int64_t{kOriginEntries - 1};
     limit = static_cast<int>(((end + kGroupEntries - 1) & ~(kGroupEntries - 1)) - origin);
     issued = 0;
-    lane_values = stream_values + origin + lane * kGroupEntries;
+    lane_values = stream_values + origin + lane * kLaneEntries;
     lane_deltas = stream_deltas + origin / 2 + lane * 16;
     issue_up_to(kSteps + 1, lane);
   }
@@ -90,28 +101,33 @@ struct WarpRing {
   __device__ __forceinline__ void copy_chunk(int lane) {
     const int first = issued * kChunkEntries;
     const int slot = first & (kEntries - 1);
-    scalar_t* value_slot = values + slot + lane * kGroupEntries;
+    value_t* value_slot = values + slot + lane * kLaneEntries;
     uint8_t* nibble_slot = reinterpret_cast<uint8_t*>(nibbles) + slot / 2 + lane * 16;
     if (first + kChunkEntries <= limit) {  // warp-uniform: a whole chunk
+      if (lane < kValueLanes) {
 #pragma unroll
-      for (int w = 0; w < kValueWords; ++w) {
-        copy16_async(value_slot + w * kScalarsPerWord, lane_values + w * kScalarsPerWord);
+        for (int w = 0; w < kLaneCopies; ++w) {
+          copy16_async(value_slot + w * kValuesPerCopy, lane_values + w * kValuesPerCopy);
+        }
       }
       if (lane < kNibbleLanes) copy16_async(nibble_slot, lane_deltas);
-    } else {  // the window's last chunk
-      if (first + lane * kGroupEntries < limit) {
+    } else {  // the window's last chunk: whole groups up to the limit
+      const int lane_entries = limit - (first + lane * kLaneEntries);  // a multiple of 8
+      if (lane < kValueLanes && lane_entries >= kLaneEntries) {
 #pragma unroll
-        for (int w = 0; w < kValueWords; ++w) {
-          copy16_async(value_slot + w * kScalarsPerWord, lane_values + w * kScalarsPerWord);
+        for (int w = 0; w < kLaneCopies; ++w) {
+          copy16_async(value_slot + w * kValuesPerCopy, lane_values + w * kValuesPerCopy);
         }
+      } else if (sizeof(value_t) == 1 && lane < kValueLanes && lane_entries >= kGroupEntries) {
+        copy_small_async<8>(value_slot, lane_values);  // the first of the lane's two groups
       }
       const int entries = limit - (first + lane * 32);  // a multiple of 8: 4 bytes of deltas
       if (lane < kNibbleLanes && entries >= 32) {
         copy16_async(nibble_slot, lane_deltas);
       } else if (lane < kNibbleLanes) {
-        if (entries >= 8) copy4_async(nibble_slot, lane_deltas);
-        if (entries >= 16) copy4_async(nibble_slot + 4, lane_deltas + 4);
-        if (entries >= 24) copy4_async(nibble_slot + 8, lane_deltas + 8);
+        if (entries >= 8) copy_small_async<4>(nibble_slot, lane_deltas);
+        if (entries >= 16) copy_small_async<4>(nibble_slot + 4, lane_deltas + 4);
+        if (entries >= 24) copy_small_async<4>(nibble_slot + 8, lane_deltas + 8);
       }
     }
   }

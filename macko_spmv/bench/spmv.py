@@ -46,7 +46,7 @@ import macko_spmv
 
 from . import plots, records, tables
 from .matrices import (ACCUMULATION_TOL, check_product, derived_seed, random_pruned, random_vectors, reference_product,
-                       seeded_generator)
+                       seeded_generator, stored_matrix)
 from .tables import TIMINGS, gb_per_s, ratio, rounded, significant, timed_column
 from .timing import BackToBackTimer, CpuTimer, FlushedCudaTimer, describe_bytes
 
@@ -54,6 +54,10 @@ from .timing import BackToBackTimer, CpuTimer, FlushedCudaTimer, describe_bytes
 LLAMA_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (8192, 8192), (28672, 8192), (8192, 28672))
 DEFAULT_DENSITIES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# What the matrix stores (--values): values in its dtype, or 8-bit values
+# with per-row scales (compress's value_dtype). A quantized case's dtype
+# column reads "<dtype>/<values>", e.g. "float16/int8".
+VALUE_DTYPES = {"same": None, "int8": torch.int8, "float8_e4m3fn": torch.float8_e4m3fn}
 DEFAULT_REPEATS = 100
 MIN_REPEATS_BY_METHOD = 50  # the method asks for the median of at least 50 runs
 DEFAULT_WARMUP = 5
@@ -146,17 +150,20 @@ def csr_bytes(W_csr):
 
 
 def macko_copy(A):
-    return macko_spmv.MackoMatrix(*(array.clone() for array in A[:3]), A.rows, A.cols, validate=False)
+    scales = None if A.scales is None else A.scales.clone()
+    return macko_spmv.MackoMatrix(*(array.clone() for array in A[:3]), A.rows, A.cols, scales, validate=False)
 
 
 # --------------------------------------------------------------------------
 # The sweep
 
 
-def run_case(args, timers, A, W, x, case_name):
-    """Checks MACKO's product of one case, then times the three ops with each
-    timing. Returns {column: value} of the timed columns."""
-    y_ref, magnitude = reference_product(W, x)
+def run_case(args, timers, A, W, x, case_name, W_stored):
+    """Checks MACKO's product of one case against that of W_stored (the
+    matrix A stands for: W, or W dequantized), then times the three ops
+    with each timing, the baselines on W. Returns {column: value} of the
+    timed columns."""
+    y_ref, magnitude = reference_product(W_stored, x)
 
     def check(y, how):
         check_product(y, y_ref, magnitude, W.dtype, f"{case_name}: MACKO multiply ({how})")
@@ -196,12 +203,13 @@ def run_case(args, timers, A, W, x, case_name):
     return out
 
 
-def case_row(env, rows, cols, density, dtype_name, batch, route, A, timed, peak_read, peak_copy, l2_flush):
-    """A CSV row: the case, the times, and what is derived from them."""
+def case_row(env, rows, cols, density, dtype_name, batch, route, A, timed, peak_read, peak_copy, l2_flush, label):
+    """A CSV row: the case, the times, and what is derived from them; the
+    dtype column holds `label` (dtype_name, or dtype/values)."""
     element_size = torch.finfo(DTYPES[dtype_name]).bits // 8
     vector_bytes = batch * (rows + cols) * element_size
     row = {
-        **env, "shape": f"{rows}x{cols}", "rows": rows, "cols": cols, "density": density, "dtype": dtype_name,
+        **env, "shape": f"{rows}x{cols}", "rows": rows, "cols": cols, "density": density, "dtype": label,
         "batch": batch, "route": route, "stored_fraction": round(A.stored_fraction, 6), "macko_bytes": A.nbytes,
         "peak_read_GBps": peak_read, "peak_copy_GBps": peak_copy, "l2_flush": l2_flush,
         "graph_note": "; ".join(timed["graph_notes"]),
@@ -227,22 +235,24 @@ def case_row(env, rows, cols, density, dtype_name, batch, route, A, timed, peak_
 def run_sweep(args, device, timers, env, peak_read, peak_copy, writer):
     """Runs every case, writes each CSV row as soon as it is known, and
     returns the rows. A failed correctness check raises and ends the run."""
-    matrices = [(rows, cols, density, dtype_name) for rows, cols in args.shapes for dtype_name in args.dtypes
-                for density in args.densities]  # fmt: skip
+    matrices = [(rows, cols, density, dtype_name, values) for rows, cols in args.shapes for dtype_name in args.dtypes
+                for density in args.densities for values in args.values]  # fmt: skip
     results, reported = [], set()
     l2_flush = timers["flushed"].description if "flushed" in args.timing else ""
     progress = tqdm(total=len(matrices) * len(args.batch), desc="spmv", unit="case")
-    for rows, cols, density, dtype_name in matrices:
+    for rows, cols, density, dtype_name, values in matrices:
         dtype = DTYPES[dtype_name]
         W = random_pruned(rows, cols, density, dtype,
                           seeded_generator(derived_seed(args.seed, "W", rows, cols, density), device))  # fmt: skip
-        A = macko_spmv.compress(W)
+        A = macko_spmv.compress(W, value_dtype=VALUE_DTYPES[values])
+        W_stored = W if A.scales is None else stored_matrix(A)
+        label = dtype_name if A.scales is None else f"{dtype_name}/{values}"
         for batch in args.batch:
-            case_name = f"{rows}x{cols} density {density} {dtype_name} batch {batch}"
+            case_name = f"{rows}x{cols} density {density} {label} batch {batch}"
             progress.set_postfix_str(case_name)
             generator = seeded_generator(derived_seed(args.seed, "x", cols, batch), device)
             x = random_vectors(None if batch == 1 else batch, cols, dtype, generator)
-            timed = run_case(args, timers, A, W, x, case_name)
+            timed = run_case(args, timers, A, W, x, case_name, W_stored)
             failure = timed.pop("csr_failure")
             if failure and dtype_name not in reported:
                 reported.add(dtype_name)
@@ -254,11 +264,11 @@ def run_sweep(args, device, timers, env, peak_read, peak_copy, writer):
                     progress.write(f"{case_name}: back to back, {note} (said once; the CSV's graph_note has it "
                                    "for every case)")
             row = case_row(env, rows, cols, density, dtype_name, batch, args.route, A, timed, peak_read, peak_copy,
-                           l2_flush)  # fmt: skip
+                           l2_flush, label)  # fmt: skip
             writer.write(row)
             results.append(row)
             progress.update()
-        del W, A
+        del W, A, W_stored
     progress.close()
     return results
 
@@ -275,7 +285,7 @@ def method_notes(args, device, timers):
         "otherwise, on the dense matrix with its zeros. cusparse: W.to_sparse_csr() (torch's default "
         "int64 indices) @ x, with a batch passed as contiguous x^T [cols, batch]; NaN where torch "
         "has no CSR matmul for the dtype (or, graph timing, where it cannot be captured).",
-        "Bytes moved: macko = A.nbytes (values + deltas + row_indices) + x + y; "
+        "Bytes moved: macko = A.nbytes (values + deltas + row_indices, + scales for 8-bit values) + x + y; "
         "cublas = dense matrix + x + y. roofline_fraction = macko_GBps / peak_read_GBps; "
         "speedup_* = baseline time / macko time. GB = 1e9 bytes. Columns with _graph are the back-to-back "
         "timing.",
@@ -309,6 +319,7 @@ def parse_shapes(text):
 
 parse_densities = records.comma_list(float, lambda d: 0.0 < d <= 1.0, "densities must lie in (0, 1]")
 parse_dtypes = records.comma_list(str, lambda name: name in DTYPES, f"dtypes are {', '.join(DTYPES)}")
+parse_values = records.comma_list(str, lambda name: name in VALUE_DTYPES, f"values are {', '.join(VALUE_DTYPES)}")
 parse_batches = records.comma_list(int, lambda b: 1 <= b <= MAX_BATCH, f"batch sizes are 1 to {MAX_BATCH}")
 parse_timings = records.comma_list(str, lambda name: name in TIMINGS, f"timings are {', '.join(TIMINGS)}")
 
@@ -332,6 +343,10 @@ def build_parser():
                         help="comma-separated fractions of nonzeros (default: 1.0,0.9,...,0.1,0.05)")
     parser.add_argument("--dtypes", type=parse_dtypes, default=["float16"],
                         help=f"comma-separated value dtypes out of {', '.join(DTYPES)} (default: float16)")
+    parser.add_argument("--values", type=parse_values, default=["same"],
+                        help="comma-separated stored values: same (the dtype's own), int8, float8_e4m3fn (8-bit "
+                        "values with per-row scales, compress's value_dtype; x stays in --dtypes, and the "
+                        "product is checked against the dequantized matrix) (default: same)")
     parser.add_argument("--batch", type=parse_batches, default=[1],
                         help=f"comma-separated batch sizes up to {MAX_BATCH}, e.g. 1,2,4,8,16,32,64,128,512,2048; "
                         "x is [batch, cols], 1 means a single vector (default: 1)")
