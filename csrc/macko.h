@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -81,6 +82,16 @@ constexpr int kFloat8E4m3Max = 448;
 
 inline bool is_quantized_dtype(at::ScalarType t) {
   return t == at::kChar || t == at::kFloat8_e4m3fn;
+}
+
+// The largest magnitude of a dequantized value in the activation type
+// scalar_t: its largest finite number. A row's scale is rounded up, so
+// qmax * scale can pass that number for a row whose largest magnitude is
+// close to it (fp16: 127 * 516 = 65532 for 65504); such a value saturates
+// there rather than become Inf (decompress, CPU and CUDA alike).
+template <typename scalar_t>
+inline float dequantized_max() {
+  return static_cast<float>(std::numeric_limits<scalar_t>::max());
 }
 
 inline void check_dense_matrix(const at::Tensor& dense, const char* name) {

@@ -37,7 +37,9 @@ inline at::Tensor dequantized_values(const at::Tensor& values, const at::Tensor&
   const at::Tensor entries = at::arange(n, starts.options());
   const at::Tensor row = (at::searchsorted(starts, entries, /*out_int32=*/false, /*right=*/true) - 1).clamp(0, rows - 1);
   const at::Tensor row_scales = scales->to(at::kFloat).index_select(0, row);
-  return (values.to(at::kFloat) * row_scales).to(scales->scalar_type());
+  float limit = 0.0f;
+  MACKO_DISPATCH_VALUE_TYPES(scales->scalar_type(), "macko_dequantized_max", [&] { limit = dequantized_max<scalar_t>(); });
+  return (values.to(at::kFloat) * row_scales).clamp(-limit, limit).to(scales->scalar_type());
 }
 
 }  // namespace cuda
