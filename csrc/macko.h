@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -65,8 +66,32 @@ C10_HOST_DEVICE inline void row_range(const index_t* row_indices, int64_t r,
 // validates the contents once, when it is built from raw arrays.
 // ---------------------------------------------------------------------------
 
+// The dtypes of dense matrices, x, y and biases (the activation dtypes), and
+// of a matrix's values where they are not quantized.
 inline bool is_value_dtype(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat;
+}
+
+// 8-bit values (this library's extension of the format, docs/FORMAT.md): a
+// value q of row r stands for q * scales[r], with scales in the activation
+// dtype. kInt8Max and kFloat8E4m3Max are the largest magnitudes the two
+// types hold, the divisors of a row's largest magnitude in its scale
+// (macko_spmv/matrix.py quantizes with the same numbers).
+constexpr int kInt8Max = 127;
+constexpr int kFloat8E4m3Max = 448;
+
+inline bool is_quantized_dtype(at::ScalarType t) {
+  return t == at::kChar || t == at::kFloat8_e4m3fn;
+}
+
+// The largest magnitude of a dequantized value in the activation type
+// scalar_t: its largest finite number. A row's scale is rounded up, so
+// qmax * scale can pass that number for a row whose largest magnitude is
+// close to it (fp16: 127 * 516 = 65532 for 65504); such a value saturates
+// there rather than become Inf (decompress, CPU and CUDA alike).
+template <typename scalar_t>
+inline float dequantized_max() {
+  return static_cast<float>(std::numeric_limits<scalar_t>::max());
 }
 
 inline void check_dense_matrix(const at::Tensor& dense, const char* name) {
@@ -78,16 +103,42 @@ inline void check_dense_matrix(const at::Tensor& dense, const char* name) {
                     dense.sizes());
 }
 
-// The compressed arrays (values, deltas, row_indices) and the dense shape.
+// 8-bit values need scales, [rows] in an activation dtype on values'
+// device; other values take none. (Their contents, finite and >= 0, are
+// validate's to check.)
+inline void check_scales(const at::Tensor& values, int64_t rows,
+                         const std::optional<at::Tensor>& scales) {
+  const bool quantized = is_quantized_dtype(values.scalar_type());
+  TORCH_CHECK_VALUE(!quantized || scales.has_value(), "values of dtype ",
+                    values.scalar_type(), " need scales (one per row, in the ",
+                    "activation dtype)");
+  TORCH_CHECK_VALUE(quantized || !scales.has_value(), "scales apply to int8 ",
+                    "and float8_e4m3fn values only, got values of dtype ",
+                    values.scalar_type());
+  if (!scales.has_value()) return;
+  TORCH_CHECK_TYPE(is_value_dtype(scales->scalar_type()), "scales must be ",
+                   "float16, bfloat16 or float32, got ", scales->scalar_type());
+  TORCH_CHECK_VALUE(scales->dim() == 1 && scales->size(0) == rows, "scales ",
+                    "must be [rows] = [", rows, "], got shape ", scales->sizes());
+  TORCH_CHECK_VALUE(scales->device() == values.device(), "scales must be on ",
+                    "the values' device ", values.device(), ", got ",
+                    scales->device());
+  TORCH_CHECK_VALUE(scales->is_contiguous(), "scales must be contiguous");
+}
+
+// The compressed arrays (values, deltas, row_indices, and the scales of
+// 8-bit values) and the dense shape.
 inline void check_compressed(const at::Tensor& values, const at::Tensor& deltas,
                              const at::Tensor& row_indices, int64_t rows,
-                             int64_t cols) {
+                             int64_t cols,
+                             const std::optional<at::Tensor>& scales) {
   TORCH_CHECK_VALUE(rows >= 0 && cols >= 0,
                     "rows and cols must be non-negative, got rows=", rows,
                     ", cols=", cols);
-  TORCH_CHECK_TYPE(is_value_dtype(values.scalar_type()),
-                   "values must be float16, bfloat16 or float32, got ",
-                   values.scalar_type());
+  TORCH_CHECK_TYPE(is_value_dtype(values.scalar_type()) ||
+                       is_quantized_dtype(values.scalar_type()),
+                   "values must be float16, bfloat16, float32, int8 or ",
+                   "float8_e4m3fn, got ", values.scalar_type());
   TORCH_CHECK_TYPE(deltas.scalar_type() == at::kByte,
                    "deltas must be uint8, got ", deltas.scalar_type());
   TORCH_CHECK_TYPE(row_indices.scalar_type() == at::kInt ||
@@ -118,14 +169,23 @@ inline void check_compressed(const at::Tensor& values, const at::Tensor& deltas,
   TORCH_CHECK_VALUE(values.is_contiguous() && deltas.is_contiguous() &&
                         row_indices.is_contiguous(),
                     "values, deltas and row_indices must be contiguous");
+  check_scales(values, rows, scales);
 }
 
-// x: [cols] or [batch, cols], the matrix's dtype and device.
-inline void check_multiply_input(const at::Tensor& values, int64_t cols,
-                                 const at::Tensor& x) {
-  TORCH_CHECK_TYPE(x.scalar_type() == values.scalar_type(), "x must have the ",
-                   "matrix's dtype ", values.scalar_type(), ", got ",
-                   x.scalar_type());
+// The dtype of x, y and the bias (the activation dtype): the scales' for
+// 8-bit values, else the values'.
+inline at::ScalarType activation_dtype(const at::Tensor& values,
+                                       const std::optional<at::Tensor>& scales) {
+  return scales.has_value() ? scales->scalar_type() : values.scalar_type();
+}
+
+// x: [cols] or [batch, cols], the matrix's (activation) dtype and device.
+inline void check_multiply_input(const at::Tensor& values,
+                                 const std::optional<at::Tensor>& scales,
+                                 int64_t cols, const at::Tensor& x) {
+  const at::ScalarType dtype = activation_dtype(values, scales);
+  TORCH_CHECK_TYPE(x.scalar_type() == dtype, "x must have the ",
+                   "matrix's dtype ", dtype, ", got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.device() == values.device(), "x must be on the matrix's ",
                     "device ", values.device(), ", got ", x.device());
   TORCH_CHECK_VALUE(x.dim() == 1 || x.dim() == 2,
@@ -134,13 +194,15 @@ inline void check_multiply_input(const at::Tensor& values, int64_t cols,
                     "matrix's cols = ", cols, ", got shape ", x.sizes());
 }
 
-// multiply's optional bias: [rows], the matrix's dtype and device, any
-// strides (the kernels read it through a contiguous copy).
-inline void check_bias(const at::Tensor& values, int64_t rows,
+// multiply's optional bias: [rows], the matrix's (activation) dtype and
+// device, any strides (the kernels read it through a contiguous copy).
+inline void check_bias(const at::Tensor& values,
+                       const std::optional<at::Tensor>& scales, int64_t rows,
                        const std::optional<at::Tensor>& bias) {
   if (!bias.has_value()) return;
-  TORCH_CHECK_TYPE(bias->scalar_type() == values.scalar_type(), "bias must ",
-                   "have the matrix's dtype ", values.scalar_type(), ", got ",
+  const at::ScalarType dtype = activation_dtype(values, scales);
+  TORCH_CHECK_TYPE(bias->scalar_type() == dtype, "bias must ",
+                   "have the matrix's dtype ", dtype, ", got ",
                    bias->scalar_type());
   TORCH_CHECK_VALUE(bias->device() == values.device(), "bias must be on the ",
                     "matrix's device ", values.device(), ", got ", bias->device());
@@ -165,6 +227,36 @@ inline void check_bias(const at::Tensor& values, int64_t rows,
   AT_DISPATCH_SWITCH(TYPE, NAME,                                         \
                      AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__) \
                          AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
+
+// The stored values' C++ type for a matrix whose activation type is
+// scalar_t: int8_t or c10::Float8_e4m3fn for 8-bit values, else scalar_t
+// itself. Calls f(TypeTag<value_t>{}).
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+template <typename scalar_t, typename F>
+void dispatch_stored_type(at::ScalarType stored, F&& f) {
+  if (stored == at::kChar) return f(TypeTag<int8_t>{});
+  if (stored == at::kFloat8_e4m3fn) return f(TypeTag<c10::Float8_e4m3fn>{});
+  TORCH_CHECK(stored == c10::CppTypeToScalarType<scalar_t>::value,
+              "macko_spmv: values of dtype ", stored, " in a matrix of dtype ",
+              c10::CppTypeToScalarType<scalar_t>::value);
+  f(TypeTag<scalar_t>{});
+}
+
+// Runs the lambda with `scalar_t` bound to the activation type (x, y, the
+// dense matrix; ACTIVATION_TYPE from activation_dtype) and `value_t` to the
+// stored values' type (VALUES_TYPE): the same for 16/32-bit values, int8_t
+// or c10::Float8_e4m3fn for 8-bit ones.
+#define MACKO_DISPATCH_MATRIX_TYPES(VALUES_TYPE, ACTIVATION_TYPE, NAME, ...)   \
+  MACKO_DISPATCH_VALUE_TYPES(ACTIVATION_TYPE, NAME, [&] {                     \
+    ::macko::dispatch_stored_type<scalar_t>(VALUES_TYPE, [&](auto value_tag) { \
+      using value_t = typename decltype(value_tag)::type;                      \
+      __VA_ARGS__();                                                           \
+    });                                                                        \
+  })
 
 // Runs the lambda with `index_t` bound to the row pointers' element type.
 #define MACKO_DISPATCH_INDEX_TYPES(TYPE, NAME, ...)                         \

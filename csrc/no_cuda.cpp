@@ -24,17 +24,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_no_cuda(const at::Tensor
 }
 
 at::Tensor decompress_no_cuda(const at::Tensor& values, const at::Tensor& deltas,
-                              const at::Tensor& row_indices, int64_t rows, int64_t cols) {
-  check_compressed(values, deltas, row_indices, rows, cols);
+                              const at::Tensor& row_indices, int64_t rows, int64_t cols,
+                              const std::optional<at::Tensor>& scales) {
+  check_compressed(values, deltas, row_indices, rows, cols, scales);
   C10_THROW_ERROR(NotImplementedError, kNoCudaKernels);
 }
 
 at::Tensor multiply_no_cuda(const at::Tensor& values, const at::Tensor& deltas,
                             const at::Tensor& row_indices, int64_t rows, int64_t cols,
-                            const at::Tensor& x, const std::optional<at::Tensor>& bias) {
-  check_compressed(values, deltas, row_indices, rows, cols);
-  check_multiply_input(values, cols, x);
-  check_bias(values, rows, bias);
+                            const at::Tensor& x, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& scales) {
+  check_compressed(values, deltas, row_indices, rows, cols, scales);
+  check_multiply_input(values, scales, cols, x);
+  check_bias(values, scales, rows, bias);
   C10_THROW_ERROR(NotImplementedError, kNoCudaKernels);
 }
 

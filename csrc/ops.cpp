@@ -78,18 +78,23 @@ std::string cpu_kernels() { return cpu::kernels_name(cpu::chosen_kernels()); }
 
 TORCH_LIBRARY(macko_spmv, m) {
   m.def("compress(Tensor dense) -> (Tensor values, Tensor deltas, Tensor row_indices)");
+  // scales: for 8-bit values (int8 or float8_e4m3fn) only, and required
+  // with them: [rows] in the activation dtype (that of x, y, the bias and
+  // the dense matrix), a value q of row r standing for q * scales[r]
+  // (docs/FORMAT.md).
   m.def(
       "decompress(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
-      "int cols) -> Tensor");
+      "int cols, Tensor? scales=None) -> Tensor");
   // y = x M^T (+ bias): the bias is added to each row's fp32 sum before
   // the one rounding to the matrix's dtype (on the GPU: after, in a second
-  // pass), as nn.Linear adds its bias inside the GEMM.
+  // pass), as nn.Linear adds its bias inside the GEMM. With scales, each
+  // row's sum of q * x is multiplied by its scale first.
   m.def(
       "multiply(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
-      "int cols, Tensor x, Tensor? bias=None) -> Tensor");
+      "int cols, Tensor x, Tensor? bias=None, Tensor? scales=None) -> Tensor");
   m.def(
       "validate(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
-      "int cols) -> ()");
+      "int cols, Tensor? scales=None) -> ()");
   m.def("build_info() -> str", &build_info);
   // For tests and benchmarks, not the API: which CPU kernels run (baseline,
   // avx2 or avx512, after the MACKO_CPU_KERNELS cap; csrc/cpu/kernel_variants.h).

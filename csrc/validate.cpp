@@ -14,10 +14,19 @@ namespace {
 // every call. Written with tensor ops, so it runs where the arrays are
 // (one synchronisation on a GPU). Raises ValueError naming the problem.
 void validate(const at::Tensor& values, const at::Tensor& deltas,
-              const at::Tensor& row_indices, int64_t rows, int64_t cols) {
-  check_compressed(values, deltas, row_indices, rows, cols);
+              const at::Tensor& row_indices, int64_t rows, int64_t cols,
+              const std::optional<at::Tensor>& scales) {
+  check_compressed(values, deltas, row_indices, rows, cols, scales);
   TORCH_CHECK_VALUE(!values.is_meta(),
                     "validate reads the arrays' contents, which tensors on the meta device do not have");
+  if (scales.has_value() && rows > 0) {
+    // A value stands for q * scale: a scale must be a finite magnitude
+    // (NaN fails both comparisons).
+    const at::Tensor bad = (~(scales->isfinite() & scales->ge(0))).nonzero();
+    TORCH_CHECK_VALUE(bad.numel() == 0, "scales must be finite and >= 0; row ",
+                      bad.numel() ? bad[0][0].item<int64_t>() : 0, "'s scale is ",
+                      bad.numel() ? (*scales)[bad[0][0]].item<double>() : 0.0);
+  }
   const at::Tensor starts = row_indices.to(at::kLong);
   const int64_t n_padded = values.numel();
   TORCH_CHECK_VALUE(starts[0].item<int64_t>() == 0, "row_indices[0] must be 0, got ",
@@ -40,7 +49,8 @@ void validate(const at::Tensor& values, const at::Tensor& deltas,
         .reshape({-1})
         .narrow(0, first % 2, count);
   };
-  TORCH_CHECK_VALUE(values.narrow(0, n, n_padded - n).eq(0).all().item<bool>() &&
+  // (as float: comparisons are not implemented for float8 tensors)
+  TORCH_CHECK_VALUE(values.narrow(0, n, n_padded - n).to(at::kFloat).eq(0).all().item<bool>() &&
                         nibbles(n, n_padded - n).eq(0).all().item<bool>(),
                     "the ", n_padded - n, " padding entries after the last row must have value 0 ",
                     "and delta 0");

@@ -21,13 +21,15 @@ import torch
 from torch import nn
 
 from . import ops
-from .matrix import VALUE_DTYPES, MackoMatrix, compress, decompress
+from .matrix import QUANTIZED_DTYPES, VALUE_DTYPES, MackoMatrix, compress, decompress
 
 __all__ = ["MackoLinear", "DenseWeightInfo", "sparsify", "densify", "SparsifyReport", "ConvertedLayer",
            "SkippedLayer"]
 
 # The compressed arrays, in the order of the raw ops' arguments.
 _ARRAY_NAMES = ("values", "deltas", "row_indices")
+# The per-row scales of 8-bit values: a buffer of quantized layers only.
+_SCALES_NAME = "scales"
 
 # What a DenseWeightInfo may do without data: views of itself (``.data``,
 # ``.detach()``), which give another DenseWeightInfo.
@@ -102,30 +104,43 @@ class MackoLinear(nn.Module):
       bias: None, or a tensor [out_features] with W's dtype and device; the
         layer keeps a copy as an nn.Parameter, trainable unless bias is a
         frozen (requires_grad=False) Parameter.
+      value_dtype: for a dense weight, as compress's: None (values in W's
+        dtype) or torch.int8 / torch.float8_e4m3fn (8-bit values with one
+        scale per output row in W's dtype). Not with a MackoMatrix, whose
+        values are used as they are.
 
     Buffers (in the state dict):
-      values:      [n_padded], W's dtype: the stored entries.
+      values:      [n_padded], W's dtype (or int8 / float8_e4m3fn): the
+                   stored entries.
       deltas:      [n_padded / 2] uint8: packed 4-bit column gaps.
       row_indices: [out_features + 1] int32 (int64 for huge matrices).
       dense_shape: [2] int64, (out_features, in_features): kept so that a
                    checkpoint says which dense shape its arrays encode.
+      scales:      8-bit values only (absent otherwise): [out_features] in
+                   W's dtype, the rows' scales.
 
-    The forward pass takes x [..., in_features] in W's dtype and on W's
+    The layer's dtype is W's (the activation dtype, also with 8-bit values).
+    The forward pass takes x [..., in_features] in that dtype and on W's
     device and returns [..., out_features]. ``dense_weight()`` decompresses
     W; ``weight`` is a DenseWeightInfo that answers ``.shape``, ``.dtype``
     and ``.device`` as nn.Linear's weight does, without decompressing, and
     refuses to compute. Module conversions behave as for
     nn.Linear: ``.half()``, ``.bfloat16()``, ``.float()`` and ``.to(dtype)``
-    convert ``values`` and ``bias`` (the integer arrays stay as they are);
+    convert ``values`` (16/32-bit) or ``scales`` (8-bit values, which stay
+    as they are) and ``bias`` (the integer arrays stay as they are);
     a cast to any other floating dtype (``.double()``) raises TypeError.
     Loading a state dict accepts arrays of another length than this layer's,
     so a layer built from any weight of the right shape can receive any
-    checkpoint of that shape.
+    checkpoint of that shape, with 8-bit values or without (the layer takes
+    the checkpoint's kind of values and keeps its own activation dtype).
     """
 
-    def __init__(self, weight: Union[torch.Tensor, MackoMatrix], bias: Optional[torch.Tensor] = None):
+    def __init__(self, weight: Union[torch.Tensor, MackoMatrix], bias: Optional[torch.Tensor] = None,
+                 value_dtype: Optional[torch.dtype] = None):
         super().__init__()
         if isinstance(weight, MackoMatrix):
+            if value_dtype is not None:
+                raise TypeError("value_dtype applies to a dense weight; a MackoMatrix is used with its own values")
             matrix = weight
         elif isinstance(weight, torch.Tensor):
             if weight.dim() != 2:
@@ -133,7 +148,7 @@ class MackoLinear(nn.Module):
                     f"weight must be a 2-D matrix [out_features, in_features], got shape {tuple(weight.shape)}"
                 )
             with torch.no_grad():
-                matrix = compress(weight.detach())
+                matrix = compress(weight.detach(), value_dtype=value_dtype)
         else:
             raise TypeError(f"weight must be a torch.Tensor or a MackoMatrix, got {type(weight).__name__}")
 
@@ -141,6 +156,8 @@ class MackoLinear(nn.Module):
         self.in_features = matrix.cols
         for name, array in zip(_ARRAY_NAMES, matrix[:3]):
             self.register_buffer(name, array)
+        if matrix.scales is not None:
+            self.register_buffer(_SCALES_NAME, matrix.scales)
         self.register_buffer(
             "dense_shape",
             torch.tensor([matrix.rows, matrix.cols], dtype=torch.int64, device=matrix.device),
@@ -166,16 +183,24 @@ class MackoLinear(nn.Module):
             self.bias = nn.Parameter(bias.detach().clone(), requires_grad=trainable)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "MackoLinear":
+    def from_linear(cls, linear: nn.Linear, value_dtype: Optional[torch.dtype] = None) -> "MackoLinear":
         """A MackoLinear with the linear layer's weight (compressed) and bias.
 
         The new layer owns copies: changing ``linear`` afterwards does not
         change it. The weight is compressed on its own device and in its own
-        dtype (float16, bfloat16 or float32).
+        dtype (float16, bfloat16 or float32), with ``value_dtype`` as in
+        compress: None, torch.int8 or torch.float8_e4m3fn (8-bit values, one
+        scale per output row; the layer's dtype stays the weight's).
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        return cls(linear.weight, linear.bias)
+        return cls(linear.weight, linear.bias, value_dtype=value_dtype)
+
+    @property
+    def _activation_dtype(self) -> torch.dtype:
+        """The dtype of x, y, the bias and the dense weight."""
+        scales = self._buffers.get(_SCALES_NAME)
+        return self._buffers["values"].dtype if scales is None else scales.dtype
 
     # ------------------------------------------------------------------
     # Forward
@@ -200,7 +225,7 @@ class MackoLinear(nn.Module):
         x_2d = x.flatten(0, -2) if x.dim() > 2 else x
         buffers = self._buffers
         y = ops.multiply(buffers["values"], buffers["deltas"], buffers["row_indices"], self.out_features,
-                         self.in_features, x_2d, self._parameters["bias"])
+                         self.in_features, x_2d, self._parameters["bias"], buffers.get(_SCALES_NAME))
         if x.dim() > 2:
             y = y.unflatten(0, x.shape[:-1])
         return y
@@ -212,7 +237,8 @@ class MackoLinear(nn.Module):
     def matrix(self) -> MackoMatrix:
         """The weight as a MackoMatrix sharing this layer's buffers."""
         return MackoMatrix(
-            self.values, self.deltas, self.row_indices, self.out_features, self.in_features, validate=False
+            self.values, self.deltas, self.row_indices, self.out_features, self.in_features,
+            self._buffers.get(_SCALES_NAME), validate=False
         )
 
     def dense_weight(self) -> torch.Tensor:
@@ -227,12 +253,17 @@ class MackoLinear(nn.Module):
         device, as nn.Linear's ``weight`` answers them, without its values
         (a DenseWeightInfo; computing with it raises TypeError). The values:
         ``dense_weight()``."""
-        return DenseWeightInfo((self.out_features, self.in_features), self.values.dtype, self.values.device)
+        return DenseWeightInfo((self.out_features, self.in_features), self._activation_dtype, self.values.device)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the compressed weight's arrays (the bias excluded)."""
+        """Bytes of the compressed weight's arrays, scales included (the bias excluded)."""
         return self.matrix.nbytes
+
+    @property
+    def value_dtype(self) -> torch.dtype:
+        """The stored values' dtype (int8 or float8_e4m3fn for 8-bit values)."""
+        return self.values.dtype
 
     @property
     def density(self) -> float:
@@ -248,7 +279,7 @@ class MackoLinear(nn.Module):
         """An nn.Linear with the dense weight and a copy of the bias, in this
         layer's dtype and on its device."""
         linear = nn.Linear(
-            self.in_features, self.out_features, bias=self.bias is not None, device="meta", dtype=self.values.dtype
+            self.in_features, self.out_features, bias=self.bias is not None, device="meta", dtype=self._activation_dtype
         )
         # Built on the meta device so that no throw-away initialisation runs;
         # the real tensors are put in place here.
@@ -261,9 +292,10 @@ class MackoLinear(nn.Module):
         # On the meta device the arrays have no contents to count.
         counts = "" if self.values.is_meta else (
             f"density={self.density:.3f}, stored_fraction={self.stored_fraction:.3f}, ")
+        values = "" if _SCALES_NAME not in self._buffers else f"value_dtype={self.value_dtype}, "
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"{counts}nbytes={self.nbytes}"
+            f"{values}{counts}nbytes={self.nbytes}"
         )
 
     # ------------------------------------------------------------------
@@ -271,16 +303,17 @@ class MackoLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # Module.half()/.float()/.to(dtype) cast only floating-point tensors,
-        # so they reach `values` and `bias` and leave the uint8/int arrays
-        # alone, as the format needs. Two conversions would break the layer:
-        # a value dtype the kernels lack (.double()), and a cast of every
-        # tensor whatever its dtype (Module.type). Try the conversion on
-        # empty tensors first and refuse before anything has been converted.
+        # so they reach `values` (or, with 8-bit values, `scales`) and `bias`
+        # and leave the uint8/int arrays alone, as the format needs. Two
+        # conversions would break the layer: an activation dtype the kernels
+        # lack (.double()), and a cast of every tensor whatever its dtype
+        # (Module.type). Try the conversion on empty tensors first and
+        # refuse before anything has been converted.
         device = self.values.device
-        value_probe = fn(torch.empty(0, dtype=self.values.dtype, device=device))
+        value_probe = fn(torch.empty(0, dtype=self._activation_dtype, device=device))
         if isinstance(value_probe, torch.Tensor) and value_probe.dtype not in VALUE_DTYPES:
             raise TypeError(
-                f"MackoLinear stores its weight as float16, bfloat16 or float32; it cannot be converted to "
+                f"MackoLinear computes in float16, bfloat16 or float32; it cannot be converted to "
                 f"{value_probe.dtype}"
             )
         index_probe = fn(torch.empty(0, dtype=torch.uint8, device=device))
@@ -289,7 +322,23 @@ class MackoLinear(nn.Module):
                 f"this conversion would cast MackoLinear's integer arrays (deltas, row_indices) to "
                 f"{index_probe.dtype}; convert with .half(), .bfloat16(), .float() or .to(dtype) instead"
             )
-        return super()._apply(fn, recurse)
+        values = self._buffers["values"]
+        if values.dtype not in QUANTIZED_DTYPES:
+            return super()._apply(fn, recurse)
+        scales = self._buffers[_SCALES_NAME]
+        if isinstance(value_probe, torch.Tensor) and value_probe.dtype != scales.dtype:
+            converted = fn(scales)
+            if not bool(torch.isfinite(converted).all()):
+                raise ValueError(f"MackoLinear's scales overflow {converted.dtype} (largest scale "
+                                 f"{float(scales.max())}): its 8-bit weight cannot be converted to that dtype")
+        # float8 values are floating-point tensors, which a dtype cast would
+        # convert: they go through fn as raw bytes (moved, never cast), the
+        # activation dtype being the scales'.
+        self._buffers["values"] = values.view(torch.uint8)
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            self._buffers["values"] = self._buffers["values"].view(values.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -297,10 +346,15 @@ class MackoLinear(nn.Module):
         # arrays rarely have this layer's lengths. Check that the incoming
         # arrays encode a matrix of this layer's shape, then resize the
         # buffers to them and let nn.Module copy as usual (which also casts
-        # values to this layer's dtype, as nn.Linear's load does).
+        # values, or the scales of 8-bit values, to this layer's dtype, as
+        # nn.Linear's load does). A checkpoint with 8-bit values (a `scales`
+        # entry) makes the layer one with 8-bit values of the checkpoint's
+        # dtype, one without makes it a 16/32-bit layer: either way the
+        # layer's activation dtype stays.
         keys = {name: prefix + name for name in (*_ARRAY_NAMES, "dense_shape")}
         if all(key in state_dict for key in keys.values()):
             incoming = {name: state_dict[key] for name, key in keys.items()}
+            incoming_scales = state_dict.get(prefix + _SCALES_NAME)
             checkpoint_shape = tuple(int(size) for size in incoming["dense_shape"].tolist())
             if checkpoint_shape != (self.out_features, self.in_features):
                 error_msgs.append(
@@ -311,15 +365,30 @@ class MackoLinear(nn.Module):
                 return
             try:
                 ops.validate(incoming["values"], incoming["deltas"], incoming["row_indices"],
-                             self.out_features, self.in_features)
+                             self.out_features, self.in_features, incoming_scales)
             except (ValueError, TypeError, RuntimeError) as error:
                 error_msgs.append(f"invalid MACKO arrays under {prefix or 'the root'} in the checkpoint: {error}")
                 return
-            for name in _ARRAY_NAMES:
-                current, new = getattr(self, name), incoming[name]
+            activation = self._activation_dtype
+            device = self.values.device
+            if incoming_scales is None:
+                self._buffers.pop(_SCALES_NAME, None)
+            elif _SCALES_NAME not in self._buffers:
+                self.register_buffer(_SCALES_NAME, torch.empty(0, dtype=activation, device=device))
+            for name in (*_ARRAY_NAMES, _SCALES_NAME):
+                if name not in self._buffers:
+                    continue
+                current = self._buffers[name]
+                new = incoming_scales if name == _SCALES_NAME else incoming[name]
                 # Row pointers take the checkpoint's width (int32 or int64):
-                # it depends on the number of stored entries.
-                dtype = new.dtype if name == "row_indices" else current.dtype
+                # it depends on the number of stored entries; 8-bit values
+                # their dtype; 16/32-bit values and scales the layer's dtype.
+                if name == "row_indices" or (name == "values" and incoming_scales is not None):
+                    dtype = new.dtype
+                elif name in ("values", _SCALES_NAME):
+                    dtype = activation
+                else:
+                    dtype = current.dtype
                 if current.shape != new.shape or current.dtype != dtype:
                     setattr(self, name, torch.empty(new.shape, dtype=dtype, device=current.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -485,6 +554,7 @@ def sparsify(
     progress: bool = True,
     verbose: bool = True,
     report: Optional[SparsifyReport] = None,
+    value_dtype: Optional[torch.dtype] = None,
 ) -> nn.Module:
     """Replaces, in place, the model's sparse nn.Linear layers with MackoLinear.
 
@@ -514,6 +584,11 @@ def sparsify(
       report: None, or a SparsifyReport that is filled in (its previous
         contents replaced) with the converted and skipped layers and the
         weights' bytes before and after.
+      value_dtype: None (values in each weight's dtype), or torch.int8 or
+        torch.float8_e4m3fn: 8-bit values with one scale per output row
+        (see compress; the layers keep their dtype). A weight with NaN or
+        Inf then raises ValueError, leaving the layers converted before it
+        converted.
 
     Returns:
       model, converted in place (the same object).
@@ -578,7 +653,7 @@ def sparsify(
                 reason = f"sparsity {sparsity:.3f} < min_sparsity {min_sparsity:g}"
                 report.skipped.append(SkippedLayer(names[0], "sparsity", reason))
                 continue
-            macko_layer = MackoLinear.from_linear(layer)
+            macko_layer = MackoLinear.from_linear(layer, value_dtype=value_dtype)
             for name in names:
                 _replace(model, name, macko_layer)
             report.converted.append(

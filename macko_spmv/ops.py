@@ -49,15 +49,43 @@ def build_info():
 # tensor must fail where the kernels would.
 
 _VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# 8-bit values (is_quantized_dtype in csrc/macko.h), each with the largest
+# magnitude it holds (kInt8Max, kFloat8E4m3Max): a row's scale is its
+# largest magnitude over this.
+QUANTIZED_DTYPES = {torch.int8: 127, torch.float8_e4m3fn: 448}
 _GROUP_ENTRIES = 8  # kGroupEntries in csrc/macko.h
 
 
-def _check_compressed(values, deltas, row_indices, rows, cols):
+def _check_scales(values, rows, scales):
+    """check_scales of csrc/macko.h."""
+    quantized = values.dtype in QUANTIZED_DTYPES
+    torch._check_value(not quantized or scales is not None,
+                       lambda: f"values of dtype {values.dtype} need scales (one per row, in the activation dtype)")
+    torch._check_value(quantized or scales is None,
+                       lambda: f"scales apply to int8 and float8_e4m3fn values only, got values of dtype {values.dtype}")
+    if scales is None:
+        return
+    torch._check_type(scales.dtype in _VALUE_DTYPES,
+                      lambda: f"scales must be float16, bfloat16 or float32, got {scales.dtype}")
+    torch._check_value(scales.dim() == 1 and scales.shape[0] == rows,
+                       lambda: f"scales must be [rows] = [{rows}], got shape {list(scales.shape)}")
+    torch._check_value(scales.device == values.device,
+                       lambda: f"scales must be on the values' device {values.device}, got {scales.device}")
+    torch._check_value(scales.is_contiguous(), lambda: "scales must be contiguous")
+
+
+def activation_dtype(values, scales):
+    """activation_dtype of csrc/macko.h: the dtype of x, y, the bias and
+    the dense matrix (the scales' for 8-bit values, else the values')."""
+    return values.dtype if scales is None else scales.dtype
+
+
+def _check_compressed(values, deltas, row_indices, rows, cols, scales=None):
     """check_compressed of csrc/macko.h."""
     torch._check_value(rows >= 0 and cols >= 0,
                        lambda: f"rows and cols must be non-negative, got rows={rows}, cols={cols}")
-    torch._check_type(values.dtype in _VALUE_DTYPES,
-                      lambda: f"values must be float16, bfloat16 or float32, got {values.dtype}")
+    torch._check_type(values.dtype in _VALUE_DTYPES or values.dtype in QUANTIZED_DTYPES,
+                      lambda: f"values must be float16, bfloat16, float32, int8 or float8_e4m3fn, got {values.dtype}")
     torch._check_type(deltas.dtype == torch.uint8, lambda: f"deltas must be uint8, got {deltas.dtype}")
     torch._check_type(row_indices.dtype in (torch.int32, torch.int64),
                       lambda: f"row_indices must be int32 or int64, got {row_indices.dtype}")
@@ -77,11 +105,13 @@ def _check_compressed(values, deltas, row_indices, rows, cols):
                                f"{values.device}, {deltas.device}, {row_indices.device}")
     torch._check_value(values.is_contiguous() and deltas.is_contiguous() and row_indices.is_contiguous(),
                        lambda: "values, deltas and row_indices must be contiguous")
+    _check_scales(values, rows, scales)
 
 
-def _check_multiply_input(values, cols, x):
+def _check_multiply_input(values, scales, cols, x):
     """check_multiply_input of csrc/macko.h."""
-    torch._check_type(x.dtype == values.dtype, lambda: f"x must have the matrix's dtype {values.dtype}, got {x.dtype}")
+    dtype = activation_dtype(values, scales)
+    torch._check_type(x.dtype == dtype, lambda: f"x must have the matrix's dtype {dtype}, got {x.dtype}")
     torch._check_value(x.device == values.device,
                        lambda: f"x must be on the matrix's device {values.device}, got {x.device}")
     torch._check_value(x.dim() in (1, 2), lambda: f"x must be [cols] or [batch, cols], got shape {list(x.shape)}")
@@ -90,17 +120,17 @@ def _check_multiply_input(values, cols, x):
 
 
 @torch.library.register_fake("macko_spmv::decompress")
-def _decompress_fake(values, deltas, row_indices, rows, cols):
-    _check_compressed(values, deltas, row_indices, rows, cols)
-    return values.new_empty((rows, cols))
+def _decompress_fake(values, deltas, row_indices, rows, cols, scales=None):
+    _check_compressed(values, deltas, row_indices, rows, cols, scales)
+    return values.new_empty((rows, cols), dtype=activation_dtype(values, scales))
 
 
-def _check_bias(values, rows, bias):
+def _check_bias(values, scales, rows, bias):
     """check_bias of csrc/macko.h."""
     if bias is None:
         return
-    torch._check_type(bias.dtype == values.dtype,
-                      lambda: f"bias must have the matrix's dtype {values.dtype}, got {bias.dtype}")
+    dtype = activation_dtype(values, scales)
+    torch._check_type(bias.dtype == dtype, lambda: f"bias must have the matrix's dtype {dtype}, got {bias.dtype}")
     torch._check_value(bias.device == values.device,
                        lambda: f"bias must be on the matrix's device {values.device}, got {bias.device}")
     torch._check_value(bias.dim() == 1 and bias.shape[0] == rows,
@@ -108,18 +138,24 @@ def _check_bias(values, rows, bias):
 
 
 @torch.library.register_fake("macko_spmv::multiply")
-def _multiply_fake(values, deltas, row_indices, rows, cols, x, bias=None):
-    _check_compressed(values, deltas, row_indices, rows, cols)
-    _check_multiply_input(values, cols, x)
-    _check_bias(values, rows, bias)
+def _multiply_fake(values, deltas, row_indices, rows, cols, x, bias=None, scales=None):
+    _check_compressed(values, deltas, row_indices, rows, cols, scales)
+    _check_multiply_input(values, scales, cols, x)
+    _check_bias(values, scales, rows, bias)
+    dtype = activation_dtype(values, scales)
     if x.dim() == 1:
-        return values.new_empty((rows,))
-    return values.new_empty((x.shape[0], rows))
+        return values.new_empty((rows,), dtype=dtype)
+    return values.new_empty((x.shape[0], rows), dtype=dtype)
+
+
+# multiply's arguments by position: bias and scales (optional) follow x.
+_X, _BIAS, _SCALES = 5, 6, 7
 
 
 def _multiply_setup_context(ctx, inputs, output):
     values, deltas, row_indices, rows, cols, x, *_ = inputs
-    ctx.save_for_backward(values, deltas, row_indices)
+    scales = inputs[_SCALES] if len(inputs) > _SCALES else None
+    ctx.save_for_backward(values, deltas, row_indices, scales)
     ctx.shape = (rows, cols)
 
 
@@ -128,20 +164,21 @@ def _multiply_backward(ctx, grad_y):
     # (exact, at the cost of a dense scratch matrix), and dL/dbias = dL/dy
     # summed over the batch. Gradients for the stored values are not
     # implemented: refuse rather than return none silently.
-    if ctx.needs_input_grad[0]:
+    needs = ctx.needs_input_grad
+    if needs[0] or (len(needs) > _SCALES and needs[_SCALES]):
         raise NotImplementedError(
-            "macko_spmv.multiply has no gradient with respect to the matrix's values; "
+            "macko_spmv.multiply has no gradient with respect to the matrix's values or scales; "
             "train the dense weight and compress it afterwards"
         )
     grad_x = None
-    if ctx.needs_input_grad[5]:
-        values, deltas, row_indices = ctx.saved_tensors
-        dense = decompress(values, deltas, row_indices, *ctx.shape)
+    if needs[_X]:
+        values, deltas, row_indices, scales = ctx.saved_tensors
+        dense = decompress(values, deltas, row_indices, *ctx.shape, scales)
         grad_x = grad_y @ dense
     grad_bias = None
-    if len(ctx.needs_input_grad) > 6 and ctx.needs_input_grad[6]:
+    if len(needs) > _BIAS and needs[_BIAS]:
         grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
-    return None, None, None, None, None, grad_x, grad_bias
+    return (None, None, None, None, None, grad_x, grad_bias, None)[: len(needs)]
 
 
 torch.library.register_autograd(

@@ -17,7 +17,8 @@ the stored size first, then loads the rest.
 
 The file is a safetensors file with:
   tensors:  the model's state dict (each MackoLinear's values, deltas,
-            row_indices, dense_shape and bias under its name), each tensor
+            row_indices, dense_shape, scales with 8-bit values, and bias
+            under its name), each tensor
             shared by several names (tied weights, a module used twice)
             stored once, and the buffers a state dict leaves out
             (non-persistent ones, such as position ids), without which a
@@ -39,7 +40,7 @@ import torch
 from torch import nn
 
 from .matrix import MackoMatrix
-from .nn import _ARRAY_NAMES, MackoLinear, _module_aliases, _replace
+from .nn import _ARRAY_NAMES, _SCALES_NAME, MackoLinear, _module_aliases, _replace
 
 __all__ = ["save", "load"]
 
@@ -49,7 +50,9 @@ LAYERS_KEY = "macko_spmv.layers"  # {module name: [out_features, in_features]}
 ALIASES_KEY = "macko_spmv.aliases"  # {tensor name: the name it is stored under}
 BUFFERS_KEY = "macko_spmv.buffers"  # [names of the non-persistent buffers stored]
 
-_MACKO_KEYS = (*_ARRAY_NAMES, "dense_shape")
+# A MACKO layer's keys: values first (it stands where a linear layer's
+# weight is), scales only with 8-bit values.
+_MACKO_KEYS = (*_ARRAY_NAMES, "dense_shape", _SCALES_NAME)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -170,6 +173,8 @@ def _check_against_model(model, path, shapes, layers, buffers, strict):
             if leaf in ("weight", _MACKO_KEYS[0]):  # in the place of the layer's weight
                 wanted = {f"{owner}.{name}": None for name in _ARRAY_NAMES}
                 wanted[f"{owner}.dense_shape"] = (2,)
+                if f"{owner}.{_SCALES_NAME}" in shapes:  # 8-bit values
+                    wanted[f"{owner}.{_SCALES_NAME}"] = (layers[owner][0],)
             else:
                 wanted = {key: tuple(tensor.shape)}
         else:
@@ -259,9 +264,11 @@ def load(model: nn.Module, path: PathLike, device: Optional[Union[str, torch.dev
         name = stored_names[0]
         where = module.values if isinstance(module, MackoLinear) else module.weight
         arrays = [placed(f"{name}.{array}", where) for array in _ARRAY_NAMES]
+        scales_key = f"{name}.{_SCALES_NAME}"
+        scales = placed(scales_key, where) if scales_key in stored else None
         bias = placed(f"{name}.bias", where) if f"{name}.bias" in stored else None
         try:
-            matrix = MackoMatrix(*arrays, *layers[name])
+            matrix = MackoMatrix(*arrays, *layers[name], scales)
         except (ValueError, TypeError) as error:
             raise ValueError(f"invalid MACKO arrays for {name} in {path}: {error}") from error
         replacements.append((MackoLinear(matrix, bias), names))

@@ -82,7 +82,7 @@ def prune_rows_by_magnitude(model, keep_fraction=0.5):
     return count
 
 
-def check_sparsified_embeddings_match(dtype, device, min_cosine):
+def check_sparsified_embeddings_match(dtype, device, min_cosine, value_dtype=None):
     tokenizer, model = load_minilm(dtype, device)
     if dtype == torch.float32:
         # The model is the real one (not a random initialisation): two
@@ -95,7 +95,8 @@ def check_sparsified_embeddings_match(dtype, device, min_cosine):
     pruned = embed(model, tokenizer, SENTENCES)
 
     report = macko_spmv.SparsifyReport()
-    macko_spmv.sparsify(model, min_sparsity=0.5, progress=False, verbose=False, report=report)
+    macko_spmv.sparsify(model, min_sparsity=0.5, progress=False, verbose=False, report=report,
+                        value_dtype=value_dtype)
     assert len(report.converted) == linear_count and not report.skipped
     assert all(layer.sparsity == pytest.approx(0.5) for layer in report.converted)
     assert report.weight_bytes_after < report.weight_bytes_before
@@ -142,6 +143,19 @@ def test_minilm_fp16_cuda():
     report = check_sparsified_embeddings_match(torch.float16, "cuda", min_cosine=0.999)
     # fp16 at 50%: 2.5 bytes per stored entry for half the elements, against 2 per element
     assert report.weight_bytes_after / report.weight_bytes_before == pytest.approx(2.5 * 0.5 / 2, rel=0.05)
+
+
+# Issue 17's acceptance: the model pruned to 50% and converted with 8-bit
+# values keeps a cosine similarity of at least 0.99 to the embeddings of the
+# 16-bit pruned model (measured on the CPU, 2026-12: int8 0.9997-0.9999,
+# float8_e4m3fn 0.9983-0.9988, fp16 and bf16 alike).
+@pytest.mark.parametrize("value_dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "float8_e4m3fn"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_minilm_8bit_values_fp16(value_dtype, device):
+    report = check_sparsified_embeddings_match(torch.float16, device, min_cosine=0.99, value_dtype=value_dtype)
+    # 8-bit values at 50%: 1.5 bytes per stored entry for half the elements
+    # (plus a 2-byte scale per row), against 2 per element
+    assert report.weight_bytes_after / report.weight_bytes_before == pytest.approx(1.5 * 0.5 / 2, rel=0.05)
 
 
 def test_transformers_reads_weight_metadata_without_decompressing(monkeypatch):

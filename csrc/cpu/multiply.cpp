@@ -4,6 +4,12 @@
 // -fopenmp). The bias joins each fp32 sum where it is scaled and rounded
 // to the output (Ops::store_rows), not in a pass of its own.
 //
+// 8-bit values (int8, float8_e4m3fn; docs/FORMAT.md): the same kernels,
+// instantiated for the stored value type beside the activation type of x
+// and y, each 1-byte value converted to float through its 256-entry table
+// (stored_values.h); each row's fp32 sum of q * x is multiplied by the
+// row's scale in Ops::store_rows, before the bias and the one rounding.
+//
 // Three routes (multiply_kernels.inc has the kernels and how they decode
 // the stream):
 //   vector  up to Ops::kVectorBatch right-hand sides (4 with AVX-512, else
@@ -44,6 +50,7 @@
 
 #include "kernel_variants.h"
 #include "row_walk.h"
+#include "stored_values.h"
 
 namespace macko {
 namespace {
@@ -54,7 +61,8 @@ using cpu::Kernels;
 // headroom); wider matrices use the baseline kernels.
 constexpr int64_t kMaxVectorCols = (int64_t{1} << 31) - 1024;
 
-// A compressed matrix as the kernels read it.
+// A compressed matrix as the kernels read it (scalar_t: the stored values'
+// type, 8-bit ones included).
 template <typename scalar_t, typename index_t>
 struct Stream {
   const scalar_t* values;
@@ -75,9 +83,12 @@ inline T bit_cast_to(const void* p) {
 // fp16: normal numbers, Inf and NaN by rebiasing the exponent in integer
 // arithmetic; subnormals (and zero) as their integer mantissa times 2^-24,
 // an exact product of normal floats; a mask selects one of the two.
+// 8-bit values: their table.
 template <typename scalar_t>
 inline float value_to_float(scalar_t v) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
+  if constexpr (cpu::kIsByteValue<scalar_t>) {
+    return cpu::byte_to_float(v);
+  } else if constexpr (std::is_same_v<scalar_t, float>) {
     return v;
   } else {
     const uint32_t h = bit_cast_to<uint16_t>(&v);
@@ -254,10 +265,12 @@ void transpose_to_tiles(const scalar_t* x, int64_t batch, int64_t cols, float* x
   });
 }
 
-// Each route writes y = x M^T + bias (bias: fp32, or null for none).
-template <typename Ops, typename scalar_t, typename index_t>
-void multiply_vector(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
-                     const float* bias, scalar_t* y) {
+// Each route writes y = x M^T + bias (scales: the rows' scales of 8-bit
+// values, bias: fp32, each null for none). scalar_t: x's and y's type,
+// value_t: the stored values'.
+template <typename Ops, typename scalar_t, typename value_t, typename index_t>
+void multiply_vector(const Stream<value_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
+                     const float* scales, const float* bias, scalar_t* y) {
   // x as fp32, each right-hand side followed by the zeros that the kernels
   // may read past its end.
   const int64_t x_stride = s.cols + Ops::kXPadding;
@@ -273,13 +286,13 @@ void multiply_vector(const Stream<scalar_t, index_t>& s, const at::Tensor& x, in
     if (out_scale != 1.0f) scale_up(x32, batch * x_stride);
   }
   at::parallel_for(0, rows, row_grain(s.cols), [&](int64_t r0, int64_t r1) {
-    Ops::vector_rows(s, x32, x_stride, batch, out_scale, bias, r0, r1, y, rows);
+    Ops::vector_rows(s, x32, x_stride, batch, out_scale, scales, bias, r0, r1, y, rows);
   });
 }
 
-template <typename Ops, typename scalar_t, typename index_t>
-void multiply_sparse(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
-                     const float* bias, scalar_t* y) {
+template <typename Ops, typename scalar_t, typename value_t, typename index_t>
+void multiply_sparse(const Stream<value_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
+                     const float* scales, const float* bias, scalar_t* y) {
   at::Tensor xt = at::empty({Ops::round_up_lanes(batch) * s.cols}, x.options().dtype(at::kFloat));
   float* xtp = xt.mutable_data_ptr<float>();
   transpose_to_tiles<Ops>(x.const_data_ptr<scalar_t>(), batch, s.cols, xtp);
@@ -289,12 +302,14 @@ void multiply_sparse(const Stream<scalar_t, index_t>& s, const at::Tensor& x, in
     if (out_scale != 1.0f) scale_up(xtp, xt.numel());
   }
   at::parallel_for(0, rows, row_grain(s.cols),
-                   [&](int64_t r0, int64_t r1) { Ops::batch_rows(s, xtp, batch, out_scale, bias, r0, r1, y, rows); });
+                   [&](int64_t r0, int64_t r1) {
+                     Ops::batch_rows(s, xtp, batch, out_scale, scales, bias, r0, r1, y, rows);
+                   });
 }
 
-template <typename Ops, typename scalar_t, typename index_t>
-void multiply_dense(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
-                    const float* bias, at::Tensor& y) {
+template <typename Ops, typename scalar_t, typename value_t, typename index_t>
+void multiply_dense(const Stream<value_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
+                    const float* scales, const float* bias, at::Tensor& y) {
   const auto f32 = x.options().dtype(at::kFloat);
   at::Tensor x32 = x;
   at::Tensor y32 = y;
@@ -325,40 +340,45 @@ void multiply_dense(const Stream<scalar_t, index_t>& s, const at::Tensor& x, int
     at::Tensor out = y32.narrow(1, t0, t1 - t0);
     at::mm_out(out, x32, tile.narrow(0, 0, t1 - t0).t());
   }
-  // The scale, the bias and the rounding to scalar_t in one pass over y32
+  // The scales, the bias and the rounding to scalar_t in one pass over y32
   // (in place for fp32, where y32 is y); none is needed for fp32 without
-  // either.
-  if (!std::is_same_v<scalar_t, float> || out_scale != 1.0f || bias != nullptr) {
+  // any of them.
+  if (!std::is_same_v<scalar_t, float> || out_scale != 1.0f || scales != nullptr || bias != nullptr) {
     float* y32p = y32.mutable_data_ptr<float>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch, row_grain(rows), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) Ops::store_rows(y32p + b * rows, rows, out_scale, bias, yp + b * rows);
+      for (int64_t b = b0; b < b1; ++b) Ops::store_rows(y32p + b * rows, rows, out_scale, scales, bias, yp + b * rows);
     });
   }
 }
 
 at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices,
-                        int64_t rows, int64_t cols, const at::Tensor& x_in, const std::optional<at::Tensor>& bias_in) {
-  check_compressed(values, deltas, row_indices, rows, cols);
-  check_multiply_input(values, cols, x_in);
-  check_bias(values, rows, bias_in);
+                        int64_t rows, int64_t cols, const at::Tensor& x_in, const std::optional<at::Tensor>& bias_in,
+                        const std::optional<at::Tensor>& scales_in) {
+  check_compressed(values, deltas, row_indices, rows, cols, scales_in);
+  check_multiply_input(values, scales_in, cols, x_in);
+  check_bias(values, scales_in, rows, bias_in);
   const at::Tensor x = x_in.contiguous();
+  const at::ScalarType dtype = activation_dtype(values, scales_in);
+  const auto out_options = values.options().dtype(dtype);
   const int64_t batch = x.dim() == 2 ? x.size(0) : 1;
-  at::Tensor y = x.dim() == 2 ? at::empty({batch, rows}, values.options()) : at::empty({rows}, values.options());
+  at::Tensor y = x.dim() == 2 ? at::empty({batch, rows}, out_options) : at::empty({rows}, out_options);
   if (y.numel() == 0) return y;
   if (cols == 0) {  // no column to store an entry in: an empty sum
     y.zero_();
     return bias_in.has_value() ? y.add_(*bias_in) : y;
   }
-  // The kernels add the bias to their fp32 sums.
-  at::Tensor bias32;
+  // The kernels multiply their fp32 sums by the scales and add the bias.
+  at::Tensor scales32, bias32;
+  if (scales_in.has_value()) scales32 = scales_in->to(at::kFloat).contiguous();
   if (bias_in.has_value()) bias32 = bias_in->to(at::kFloat).contiguous();
+  const float* scales = scales32.defined() ? scales32.const_data_ptr<float>() : nullptr;
   const float* bias = bias32.defined() ? bias32.const_data_ptr<float>() : nullptr;
   const Kernels kernels = cols <= kMaxVectorCols ? cpu::chosen_kernels() : Kernels::kBaseline;
-  MACKO_DISPATCH_VALUE_TYPES(values.scalar_type(), "macko_multiply_cpu", [&] {
+  MACKO_DISPATCH_MATRIX_TYPES(values.scalar_type(), dtype, "macko_multiply_cpu", [&] {
     MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
-      const Stream<scalar_t, index_t> s{values.const_data_ptr<scalar_t>(), deltas.const_data_ptr<uint8_t>(),
-                                        row_indices.const_data_ptr<index_t>(), values.numel(), cols};
+      const Stream<value_t, index_t> s{values.const_data_ptr<value_t>(), deltas.const_data_ptr<uint8_t>(),
+                                       row_indices.const_data_ptr<index_t>(), values.numel(), cols};
       // Every route takes x as [batch, cols] and y as [batch, rows].
       const at::Tensor x2 = x.view({batch, cols});
       at::Tensor y2 = y.view({batch, rows});
@@ -373,11 +393,11 @@ at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas, cons
           route = Route::kSparse;
         }
         if (route == Route::kVector) {
-          multiply_vector<Ops>(s, x2, batch, rows, bias, yp);
+          multiply_vector<Ops, scalar_t>(s, x2, batch, rows, scales, bias, yp);
         } else if (route == Route::kSparse) {
-          multiply_sparse<Ops>(s, x2, batch, rows, bias, yp);
+          multiply_sparse<Ops, scalar_t>(s, x2, batch, rows, scales, bias, yp);
         } else {
-          multiply_dense<Ops>(s, x2, batch, rows, bias, y2);
+          multiply_dense<Ops, scalar_t>(s, x2, batch, rows, scales, bias, y2);
         }
       });
     });

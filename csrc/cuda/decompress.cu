@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include "decompress.cuh"
+#include "dequantize.cuh"
 #include "group_decode.cuh"
 #include "launch_policy.cuh"
 
@@ -176,11 +177,13 @@ void launch_decompress_rows(const scalar_t* values, const uint8_t* deltas, const
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor decompress_cuda(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices,
-                           int64_t rows, int64_t cols) {
-  check_compressed(values, deltas, row_indices, rows, cols);
+at::Tensor decompress_cuda(const at::Tensor& values_in, const at::Tensor& deltas, const at::Tensor& row_indices,
+                           int64_t rows, int64_t cols, const std::optional<at::Tensor>& scales) {
+  check_compressed(values_in, deltas, row_indices, rows, cols, scales);
   check_cols_fit(cols);
-  const c10::cuda::CUDAGuard guard(values.device());
+  const c10::cuda::CUDAGuard guard(values_in.device());
+  // 8-bit values: dequantized first (the interim path, dequantize.cuh).
+  const at::Tensor values = dequantized_values(values_in, row_indices, rows, scales);
   // Every element is written by the kernel.
   at::Tensor dense = at::empty({rows, cols}, values.options());
   if (rows == 0 || cols == 0) return dense;

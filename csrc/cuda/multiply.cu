@@ -33,6 +33,7 @@
 #include <utility>
 
 #include "decompress.cuh"
+#include "dequantize.cuh"
 #include "multiply.cuh"
 #include "multiply_tiles.cuh"
 
@@ -243,13 +244,16 @@ void multiply_tiles(const at::Tensor& values, const at::Tensor& deltas, const at
 
 at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_in, const at::Tensor& row_indices,
                          int64_t rows, int64_t cols, const at::Tensor& x_in,
-                         const std::optional<at::Tensor>& bias) {
-  check_compressed(values_in, deltas_in, row_indices, rows, cols);
-  check_multiply_input(values_in, cols, x_in);
-  check_bias(values_in, rows, bias);
+                         const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& scales) {
+  check_compressed(values_in, deltas_in, row_indices, rows, cols, scales);
+  check_multiply_input(values_in, scales, cols, x_in);
+  check_bias(values_in, scales, rows, bias);
   check_cols_fit(cols);
   const c10::cuda::CUDAGuard guard(values_in.device());
-  const at::Tensor values = aligned16(values_in);
+  // 8-bit values: dequantized into a temporary in the activation dtype,
+  // then every route as for 16/32-bit values (the interim path,
+  // dequantize.cuh).
+  const at::Tensor values = aligned16(dequantized_values(values_in, row_indices, rows, scales));
   const at::Tensor deltas = aligned16(deltas_in);
 
   const bool batched = x_in.dim() == 2;
