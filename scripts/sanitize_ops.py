@@ -2,7 +2,8 @@
 
 Run by scripts/gpu_check.sh as
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python scripts/sanitize_ops.py
-Covers each dtype, both row-pointer widths, every kernel batch width, every
+Covers each dtype, 8-bit values (int8, float8_e4m3fn), both row-pointer
+widths, every kernel batch width, every
 route of multiply (the streaming kernel, the tile kernel, and decompress +
 cuBLAS a slab at a time), odd shapes, empty rows, a row longer than the
 tile kernel's widest segment, and corrupted arrays that bypass validation.
@@ -46,6 +47,25 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32):
             wide = (A.values, A.deltas, A.row_indices.long(), rows, cols)
             ops.multiply(*wide, x)
         ops.decompress(*wide)
+
+# 8-bit values with 16-bit x (the streaming kernel dequantizes them; the
+# other routes take them dequantized first), on the same awkward shapes,
+# and with corrupted row pointers.
+for value_dtype in (torch.int8, torch.float8_e4m3fn):
+    for dtype in (torch.float16, torch.bfloat16):
+        for rows, cols, density in [(1, 1, 1.0), (1, 37, 0.5), (37, 1, 0.5), (13, 97, 0.3), (65, 1031, 0.05),
+                                    (8, 64, 0.0), (4097 // 16, 3001, 0.2), (300, 8, 0.3), (70, 2000, 0.5)]:
+            A = macko_spmv.compress(pruned(rows, cols, density, dtype), value_dtype=value_dtype)
+            for route in each_route():
+                for batch in (None, 2, 3, 8, 19):
+                    x = torch.randn(*(() if batch is None else (batch,)), cols, generator=gen).to(dtype).cuda()
+                    macko_spmv.multiply(A, x)
+            ops.decompress(*A)
+        A = macko_spmv.compress(pruned(40, 296, 0.2, dtype), value_dtype=value_dtype)
+        n = A.values.numel()
+        for pointers in ([-5] * 41, [n + 1000] * 41, list(range(40 * 50, -1, -50))):
+            ops.multiply(A.values, A.deltas, torch.tensor(pointers, dtype=torch.int32).cuda(), 40, 296,
+                         torch.randn(296, generator=gen).to(dtype).cuda(), scales=A.scales)
 
 # The kernel's less common launch paths: warps with more than 31 rows, and x
 # (or the transposed batch) too large for shared memory.

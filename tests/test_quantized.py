@@ -113,9 +113,10 @@ def check_quantization_bound(M, A, value_dtype):
 def product_reference(A, M, x):
     """(y_ref, magnitude) in float64 for multiply(A, x): on the CPU the
     exact dequantized matrix's product (the kernels scale each row's fp32
-    sum). On CUDA the interim path (csrc/cuda/dequantize.cuh) multiplies
-    decompress(A), each entry rounded to the activation dtype first: its
-    product is the reference there until the kernels dequantize in place."""
+    sum). On CUDA every route multiplies decompress(A), each entry rounded
+    to the activation dtype first: the streaming kernel dequantizes each
+    entry so (csrc/cuda/group_decode.cuh), the other routes dequantize the
+    values into a temporary (csrc/cuda/dequantize.cuh)."""
     W = exact_dequantized(M, A) if A.device.type == "cpu" else macko_spmv.decompress(A).cpu().double()
     x64 = x.cpu().double()
     return x64 @ W.T, x64.abs() @ W.abs().T

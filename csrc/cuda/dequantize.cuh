@@ -1,16 +1,14 @@
-// dequantize.cuh: 8-bit values (int8, float8_e4m3fn) on the GPU, for now.
-//
-// INTERIM PATH (issue 17): decompress and multiply dequantize the whole
-// values array into a temporary in the activation dtype, (float)q *
-// (float)scale[row of the entry] rounded once (as the CPU's decompress
-// rounds), and run the 16/32-bit kernels on it. Correct, and CUDA-graph
-// safe (no host synchronisation: each entry's row comes from a binary
-// search of row_indices), but it reads and writes more bytes than the
-// 16-bit matrix costs, and the product rounds each entry to the activation
-// dtype before multiplying (the CPU's multiply applies the scale to each
-// row's fp32 sum instead). To be replaced by dequantization inside the
-// kernels (the value type as a template parameter, the scale applied to
-// each row's sum).
+// dequantize.cuh: 8-bit values (int8, float8_e4m3fn) dequantized into a
+// temporary in the activation dtype, for the GPU routes that take 16-bit
+// values only: decompress, the dense route and the tile kernel, and every
+// route with fp32 x. (The streaming kernel dequantizes 8-bit values itself
+// for fp16 and bf16 x, bit for bit the same: multiply.cuh,
+// group_decode.cuh.) Each entry is (float)q * (float)scale[row of the
+// entry], rounded once to the activation dtype and saturated to its finite
+// range (as the CPU's decompress rounds). CUDA-graph safe: no host
+// synchronisation, each entry's row comes from a binary search of
+// row_indices. It costs a pass over the values and a 16-bit copy of them
+// (a kernel that dequantizes in place would not).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -15,9 +15,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/Float8_e4m3fn.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../macko.h"
 
@@ -154,18 +157,117 @@ struct GroupBytes {
   }
 };
 template <>
-struct GroupValues<int8_t> : GroupBytes {
-  __device__ __forceinline__ float operator[](int j) const {
-    return static_cast<float>(static_cast<int8_t>(__byte_perm(j < 4 ? word.x : word.y, 0u, 0x4440 + j % 4)));
-  }
-};
+struct GroupValues<int8_t> : GroupBytes {};
 template <>
-struct GroupValues<c10::Float8_e4m3fn> : GroupBytes {
-  __device__ __forceinline__ float operator[](int j) const {
-    const uint8_t bits = static_cast<uint8_t>(__byte_perm(j < 4 ? word.x : word.y, 0u, 0x4440 + j % 4));
-    return static_cast<float>(c10::Float8_e4m3fn(bits, c10::Float8_e4m3fn::from_bits()));
+struct GroupValues<c10::Float8_e4m3fn> : GroupBytes {};
+
+// A row's scale for dequantizing 8-bit values into the activation type
+// scalar_t (fp16 or bf16): as a float, and (fp16) in both halves of a word.
+template <typename scalar_t>
+struct RowScale {
+  float value;
+  uint32_t pair;
+
+  __device__ __forceinline__ explicit RowScale(float scale) : value(scale), pair(0) {
+    if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+      const __half2 both = __float2half2_rn(scale);  // exact: the scale is stored in fp16
+      pair = *reinterpret_cast<const uint32_t*>(&both);
+    }
   }
 };
+
+// A group of 8-bit values dequantized into the activation type: entry q of
+// the row stands for q * scale rounded once to scalar_t and saturated to its
+// finite range, bit for bit what decompress gives (csrc/cpu/decompress.cpp,
+// dequantize.cuh), so that every route multiplies the same matrix. Exact
+// steps first: every int8 and every e4m3 value is an fp16 value, and a
+// bf16 one.
+//   int8 -> fp16: with the sign bit flipped a byte is u = q + 128; the half
+//     with bits 0x6400 | u is 1024 + u, so subtracting 1152 gives q (one
+//     byte permutation and one half2 subtraction a pair); then one half2
+//     multiplication by the scale rounds q * scale once.
+//   e4m3 -> fp16: cvt.rn.f16x2.e4m3x2 (sm_89+); before sm_89, by bits: the
+//     exponent and mantissa shifted into fp16's places, times 2^8 for the
+//     exponent bias (7 against 15), subnormals included.
+//   to bf16: q as a float (int8: 0x4B000000 | u is 2^23 + u; e4m3: through
+//     fp16), times the scale in fp32 (exact: 8 significant bits times 8),
+//     rounded once when packed.
+__device__ __forceinline__ uint32_t saturated_half_pair(uint32_t q_pair, uint32_t scale_pair) {
+  constexpr uint32_t kLargest = 0x7BFF7BFFu, kLowest = 0xFBFFFBFFu;  // +-65504 in both halves
+  uint32_t pair;
+  asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(pair) : "r"(q_pair), "r"(scale_pair));
+  asm("min.f16x2 %0, %0, %1;" : "+r"(pair) : "r"(kLargest));
+  asm("max.f16x2 %0, %0, %1;" : "+r"(pair) : "r"(kLowest));
+  return pair;
+}
+
+__device__ __forceinline__ uint32_t saturated_bf16_pair(float low, float high, float scale) {
+  constexpr float kLargest = 3.38953139e38f;  // bf16's largest finite value
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(fminf(fmaxf(low * scale, -kLargest), kLargest),
+                                                    fminf(fmaxf(high * scale, -kLargest), kLargest));
+  return *reinterpret_cast<const uint32_t*>(&pair);
+}
+
+// Two e4m3 values (the low 16 bits of `bits`) as an exact fp16 pair.
+__device__ __forceinline__ uint32_t e4m3_half_pair(uint32_t bits) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint32_t pair;
+  const unsigned short packed = static_cast<unsigned short>(bits);
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(pair) : "h"(packed));
+  return pair;
+#else
+  const uint32_t halves = __byte_perm(bits, 0u, 0x4140);  // byte k in half k
+  uint32_t pair = (halves & 0x007F007Fu) << 7;             // exponent and mantissa, unscaled
+  constexpr uint32_t kTwoTo8 = 0x5C005C00u;                // 256.0 in both halves
+  asm("mul.rn.f16x2 %0, %0, %1;" : "+r"(pair) : "r"(kTwoTo8));
+  return pair | ((halves & 0x00800080u) << 8);  // the signs
+#endif
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ GroupValues<scalar_t> dequantized(const GroupValues<int8_t>& group,
+                                                            const RowScale<scalar_t>& scale) {
+  static_assert(sizeof(scalar_t) == 2, "8-bit values dequantize into fp16 or bf16");
+  GroupValues<scalar_t> out;
+  uint32_t* pairs = &out.words[0].x;
+  const uint32_t words[2] = {group.word.x ^ 0x80808080u, group.word.y ^ 0x80808080u};  // byte k: q_k + 128
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    const uint32_t biased = words[p / 2];
+    const int k = 2 * (p % 2);  // the pair's first byte in its word
+    if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+      constexpr uint32_t kOffset = 0x64806480u;  // 1152.0 in both halves
+      uint32_t q = __byte_perm(biased, 0x64646464u, 0x4040 + k + ((k + 1) << 8));
+      asm("sub.f16x2 %0, %0, %1;" : "+r"(q) : "r"(kOffset));
+      pairs[p] = saturated_half_pair(q, scale.pair);
+    } else {
+      constexpr float kOffset = 8388736.0f;  // 2^23 + 128
+      const float low = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440 + k)) - kOffset;
+      const float high = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440 + k + 1)) - kOffset;
+      pairs[p] = saturated_bf16_pair(low, high, scale.value);
+    }
+  }
+  return out;
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ GroupValues<scalar_t> dequantized(const GroupValues<c10::Float8_e4m3fn>& group,
+                                                            const RowScale<scalar_t>& scale) {
+  static_assert(sizeof(scalar_t) == 2, "8-bit values dequantize into fp16 or bf16");
+  GroupValues<scalar_t> out;
+  uint32_t* pairs = &out.words[0].x;
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    const uint32_t q = e4m3_half_pair((p < 2 ? group.word.x : group.word.y) >> (16 * (p % 2)));
+    if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+      pairs[p] = saturated_half_pair(q, scale.pair);
+    } else {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&q));
+      pairs[p] = saturated_bf16_pair(f.x, f.y, scale.value);
+    }
+  }
+  return out;
+}
 
 // Bits [lo, hi) of the 8 entries in the group starting at `first` that lie
 // inside the row [begin, end). `index_t`: global (int64_t) or window-relative

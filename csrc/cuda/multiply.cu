@@ -78,12 +78,14 @@ constexpr int64_t kSlabBytes = int64_t{32} << 20;
 constexpr int64_t kMinSlabRows = 4096;
 
 // Whether the tile kernel takes this matrix (multiply_tiles.cuh).
-bool tiles_apply(const at::Tensor& values, int64_t cols) {
-  const bool sixteen_bits = values.scalar_type() == at::kHalf || values.scalar_type() == at::kBFloat16;
+// dtype: the activation dtype (that of the values, or of the dequantized
+// values of an 8-bit matrix).
+bool tiles_apply(at::ScalarType dtype, int64_t cols) {
+  const bool sixteen_bits = dtype == at::kHalf || dtype == at::kBFloat16;
   return sixteen_bits && cols % 8 == 0 && device_facts(current_device()).major >= 8;
 }
 
-Route choose_route(int64_t batch, const at::Tensor& values, int64_t rows, int64_t cols) {
+Route choose_route(int64_t batch, const at::Tensor& values, at::ScalarType dtype, int64_t rows, int64_t cols) {
   const Route requested = requested_route();
   if (requested != Route::kAuto) return requested;
   if (batch <= kStreamMaxBatch) return Route::kStream;
@@ -91,7 +93,7 @@ Route choose_route(int64_t batch, const at::Tensor& values, int64_t rows, int64_
     const double elements = static_cast<double>(rows) * static_cast<double>(cols);
     const bool sparse = elements > 0 && static_cast<double>(values.numel()) < kSparseStoredFraction * elements;
     if (sparse && elements >= kStreamSparseMinElements) return Route::kStream;
-    if (tiles_apply(values, cols)) return Route::kTiles;
+    if (tiles_apply(dtype, cols)) return Route::kTiles;
     if (sparse) return Route::kStream;
   }
   return Route::kDense;
@@ -213,16 +215,26 @@ void multiply_dense(const at::Tensor& values, const at::Tensor& deltas, const at
 }
 
 // y [batch, rows] through the streaming kernel, kMaxBatch right-hand sides
-// per pass.
+// per pass. With scales the values are 8-bit and x is fp16 or bf16: the
+// kernel dequantizes them as it goes.
 void multiply_stream(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
-                     int64_t cols, const at::Tensor& x, at::Tensor& y) {
+                     int64_t cols, const at::Tensor& x, at::Tensor& y, const std::optional<at::Tensor>& scales) {
   const int64_t batch = x.size(0);
   for (int64_t b0 = 0; b0 < batch; b0 += multiply_impl::kMaxBatch) {
     const int64_t nb = std::min<int64_t>(multiply_impl::kMaxBatch, batch - b0);
     multiply_impl::MultiplyProblem problem{values, deltas, row_indices, rows, cols,
                                            x.narrow(0, b0, nb), y.narrow(0, b0, nb), kernel_batch(nb)};
-    MACKO_DISPATCH_VALUE_TYPES(values.scalar_type(), "macko_multiply_cuda",
-                               [&] { multiply_impl::multiply_typed<scalar_t, scalar_t>(problem); });
+    if (scales.has_value()) {
+      problem.scales = *scales;
+      MACKO_DISPATCH_16BIT_TYPES(scales->scalar_type(), "macko_multiply_cuda", [&] {
+        dispatch_stored_type<scalar_t>(values.scalar_type(), [&](auto value_tag) {
+          multiply_impl::multiply_typed<scalar_t, typename decltype(value_tag)::type>(problem);
+        });
+      });
+    } else {
+      MACKO_DISPATCH_VALUE_TYPES(values.scalar_type(), "macko_multiply_cuda",
+                                 [&] { multiply_impl::multiply_typed<scalar_t, scalar_t>(problem); });
+    }
   }
 }
 
@@ -250,28 +262,33 @@ at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_i
   check_bias(values_in, scales, rows, bias);
   check_cols_fit(cols);
   const c10::cuda::CUDAGuard guard(values_in.device());
-  // 8-bit values: dequantized into a temporary in the activation dtype,
-  // then every route as for 16/32-bit values (the interim path,
-  // dequantize.cuh).
-  const at::Tensor values = aligned16(dequantized_values(values_in, row_indices, rows, scales));
+  const at::Tensor values = aligned16(values_in);
   const at::Tensor deltas = aligned16(deltas_in);
+  const at::ScalarType dtype = activation_dtype(values, scales);
 
   const bool batched = x_in.dim() == 2;
   const int64_t batch = batched ? x_in.size(0) : 1;
-  at::Tensor y = at::empty({batch, rows}, values.options());
+  at::Tensor y = at::empty({batch, rows}, values.options().dtype(dtype));
   if (batch > 0 && rows > 0 && cols == 0) {
     y.zero_();  // an empty sum; and no kernel runs with no column to clamp x to
   } else if (batch > 0 && rows > 0) {
     // Every route takes x as [batch, cols] with unit column stride.
     at::Tensor x = (batched ? x_in : x_in.unsqueeze(0));
     if (x.stride(1) != 1) x = x.contiguous();
-    const Route route = choose_route(batch, values, rows, cols);
+    // 8-bit values: the streaming kernel dequantizes them itself for fp16
+    // and bf16 x; the other routes, and fp32 x, take them dequantized into
+    // a temporary in the activation dtype first (dequantize.cuh).
+    const bool kernel_dequantizes = scales.has_value() && dtype != at::kFloat;
+    auto dequantized = [&] { return aligned16(dequantized_values(values, row_indices, rows, scales)); };
+    const Route route = choose_route(batch, values, dtype, rows, cols);
     if (route == Route::kDense) {
-      multiply_dense(values, deltas, row_indices, rows, cols, x, y);
-    } else if (route == Route::kTiles && tiles_apply(values, cols)) {
-      multiply_tiles(values, deltas, row_indices, rows, cols, x, y);
+      multiply_dense(dequantized(), deltas, row_indices, rows, cols, x, y);
+    } else if (route == Route::kTiles && tiles_apply(dtype, cols)) {
+      multiply_tiles(dequantized(), deltas, row_indices, rows, cols, x, y);
+    } else if (kernel_dequantizes) {
+      multiply_stream(values, deltas, row_indices, rows, cols, x, y, scales);
     } else {
-      multiply_stream(values, deltas, row_indices, rows, cols, x, y);
+      multiply_stream(dequantized(), deltas, row_indices, rows, cols, x, y, std::nullopt);
     }
   }
   // The GPU kernels have no bias in their epilogues: a second pass (the

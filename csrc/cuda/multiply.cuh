@@ -33,6 +33,14 @@
 // transposition kernel); otherwise x_t is made once and gathered from
 // global memory.
 //
+// 8-bit values (int8, float8_e4m3fn; a quantized matrix, whose row r
+// stands for its values times scales[r]): the ring holds 1-byte values, a
+// chunk's 256 bytes copied by 16 lanes, a group's one 8-byte shared load.
+// Before the mma each group is dequantized into the activation type,
+// q * scale rounded once (group_decode.cuh), exactly what decompress and
+// the other routes multiply. The rows' scales come 31 rows at a time, like
+// the row pointers.
+//
 // Row edges. A row's first group may start with up to 7 entries of the
 // previous row: their nibbles are cleared (each then steps the column by
 // one) and the walk starts at column -1 - (their count), so the row's own
@@ -223,7 +231,7 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
     const int64_t p = static_cast<int64_t>(args.row_indices[min(row, end_row)]);
     return static_cast<int>(min(max(p, window_first), window_end) - ring.origin);
   };
-  auto row_scale = [&](int64_t row) {
+  auto load_scale = [&](int64_t row) {
     if constexpr (kScaled) {
       return static_cast<float>(args.scales[min(row, end_row - 1)]);
     } else {
@@ -246,10 +254,10 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
                      min(args.n_entries, window_first + (end_row - first_row) * static_cast<int64_t>(args.cols)));
     ring.begin(args.values, args.deltas, window_first, window_end, lane);  // copies go out before x is staged
     pointer = relative_pointer(first_row + lane);
-    scale = row_scale(first_row + lane);
+    scale = load_scale(first_row + lane);
     if (end_row - first_row > kWarpSize - 1) {
       next_pointer = relative_pointer(first_row + kWarpSize - 1 + lane);
-      next_scale = row_scale(first_row + kWarpSize - 1 + lane);
+      next_scale = load_scale(first_row + kWarpSize - 1 + lane);
     }
   }
 
@@ -276,7 +284,7 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
       scale = next_scale;
       if (end_row - row > kWarpSize - 1) {
         next_pointer = relative_pointer(row + kWarpSize - 1 + lane);
-        next_scale = row_scale(row + kWarpSize - 1 + lane);
+        next_scale = load_scale(row + kWarpSize - 1 + lane);
       }
     }
     const int slot = static_cast<int>(row - pointer_row);
@@ -285,6 +293,7 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
     const int row_begin = max(__shfl_sync(kFullMask, pointer, slot), prev_end);
     const int row_end = min(max(__shfl_sync(kFullMask, pointer, slot + 1), row_begin), row_begin + args.cols);
     prev_end = row_end;
+    const RowScale<scalar_t> row_scale(kScaled ? __shfl_sync(kFullMask, scale, slot) : 1.0f);
 
     dot.reset();
     // The entries of the previous row in the first group step by one each.
@@ -350,7 +359,12 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
 #pragma unroll
       for (int u = 0; u < kSteps; ++u) {
         if (u == 0 || step + u * kWarpStepEntries < row_end) {  // warp-uniform
-          dot.add_group(group[u], steps[u], base[u], x, last_col, edge_stage ? in_row[u] : 0xFFu);
+          const unsigned in_row_u = edge_stage ? in_row[u] : 0xFFu;
+          if constexpr (kScaled) {
+            dot.add_group(dequantized<scalar_t>(group[u], row_scale), steps[u], base[u], x, last_col, in_row_u);
+          } else {
+            dot.add_group(group[u], steps[u], base[u], x, last_col, in_row_u);
+          }
         }
       }
 
@@ -361,11 +375,10 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
       if (lane == 0) reinterpret_cast<uint16_t*>(args.y)[row] = static_cast<uint16_t>(kept ^ (kept >> 16));
       continue;
     }
-    const float sum_scale = kScaled ? __shfl_sync(kFullMask, scale, slot) : 1.0f;
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const float sum = dot.total(b, lane);
-      if (lane == b && b < args.batch) args.y[b * args.rows + row] = static_cast<scalar_t>(kScaled ? sum * sum_scale : sum);
+      if (lane == b && b < args.batch) args.y[b * args.rows + row] = static_cast<scalar_t>(sum);
     }
   }
   ring.drain();

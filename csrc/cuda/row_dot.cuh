@@ -4,9 +4,6 @@
 // fp32 FMAs otherwise.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <type_traits>
 
 #include "group_decode.cuh"
@@ -39,9 +36,9 @@ __device__ __forceinline__ void load_x(const scalar_t* x_t, unsigned col, float 
 // bit in `in_row` is clear counts as 0 too, so that an inf or NaN in x at
 // their (a neighbour row's, or clamped) column does not make 0 * inf = NaN
 // in this row.
-template <typename scalar_t, int kBatch, typename Group>
-__device__ __forceinline__ void fma_group(const Group& group, const GroupSteps& steps, unsigned base,
-                                          const scalar_t* x, unsigned last_col, unsigned in_row,
+template <typename scalar_t, int kBatch>
+__device__ __forceinline__ void fma_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
+                                          unsigned base, const scalar_t* x, unsigned last_col, unsigned in_row,
                                           float (&acc)[kBatch]) {
   for_each_column(steps, base, [&](int j, unsigned col) {
     float xv[kBatch];
@@ -70,7 +67,7 @@ struct RowDot {
   // weight, see fma_group).
   __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
                                             unsigned base, const scalar_t* x, unsigned last_col, unsigned in_row) {
-    fma_group<scalar_t, kBatch>(group, steps, base, x, last_col, in_row, acc);
+    fma_group(group, steps, base, x, last_col, in_row, acc);
   }
   // The warp's sum for right-hand side b (in every lane).
   __device__ __forceinline__ float total(int b, int /*lane*/) const { return warp_sum(acc[b]); }
@@ -92,91 +89,6 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-}
-
-// A group's values as 16-bit pairs in the activation dtype scalar_t, the
-// mma's B operand: entries (0, 1), (2, 3), (4, 5), (6, 7), low half first.
-// 16-bit values are that already. 8-bit values (the quantized matrices;
-// the row's scale multiplies its sum once, at the end) are converted
-// exactly: every int8 and every e4m3 value is an fp16 value, and a bf16 one.
-//   int8 -> fp16: with the sign bit flipped a byte is u = q + 128; the half
-//     with bits 0x6400 | u is 1024 + u, so subtracting 1152 gives q (one
-//     byte permutation and one half2 subtraction a pair).
-//   int8 -> bf16: bf16 has too few mantissa bits for 128 + u, so the same
-//     trick goes through fp32 (0x4B000000 | u is 2^23 + u), then packs.
-//   e4m3 -> fp16: cvt.rn.f16x2.e4m3x2 (sm_89+); before sm_89, by bits: the
-//     e4m3 exponent and mantissa shifted into fp16's places, times 2^8 for
-//     the exponent bias (7 against 15), subnormals included.
-//   e4m3 -> bf16: to fp16, to fp32, packed as bf16.
-template <typename scalar_t>
-__device__ __forceinline__ uint4 value_pairs(const GroupValues<scalar_t>& group) {
-  static_assert(sizeof(scalar_t) == 2, "16-bit values are already pairs");
-  return group.words[0];
-}
-
-__device__ __forceinline__ uint32_t bf16_pair(float low, float high) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
-  return *reinterpret_cast<const uint32_t*>(&pair);
-}
-
-// Four int8 values (a word) as two pairs.
-template <typename scalar_t>
-__device__ __forceinline__ void int8_pairs(uint32_t word, uint32_t& first, uint32_t& second) {
-  const uint32_t biased = word ^ 0x80808080u;  // byte k: q_k + 128
-  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    const uint32_t kMagic = 0x64806480u;  // 1152.0 in both halves
-    uint32_t lo = __byte_perm(biased, 0x64646464u, 0x4140), hi = __byte_perm(biased, 0x64646464u, 0x4342);
-    asm("sub.f16x2 %0, %0, %1;" : "+r"(lo) : "r"(kMagic));
-    asm("sub.f16x2 %0, %0, %1;" : "+r"(hi) : "r"(kMagic));
-    first = lo, second = hi;
-  } else {
-    constexpr float kOffset = 8388736.0f;  // 2^23 + 128
-    float q[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) q[k] = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440 + k)) - kOffset;
-    first = bf16_pair(q[0], q[1]), second = bf16_pair(q[2], q[3]);
-  }
-}
-
-// Two e4m3 values (the low 16 bits of `bits`) as one fp16 pair.
-__device__ __forceinline__ uint32_t e4m3_half_pair(uint32_t bits) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  uint32_t pair;
-  const unsigned short packed = static_cast<unsigned short>(bits);
-  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(pair) : "h"(packed));
-  return pair;
-#else
-  const uint32_t halves = __byte_perm(bits, 0u, 0x4140);  // byte k in half k
-  uint32_t pair = ((halves & 0x007F007Fu) << 7);           // exponent and mantissa, unscaled
-  const uint32_t kTwoTo8 = 0x5C005C00u;                    // 256.0 in both halves
-  asm("mul.f16x2 %0, %0, %1;" : "+r"(pair) : "r"(kTwoTo8));
-  return pair | ((halves & 0x00800080u) << 8);  // the signs
-#endif
-}
-
-template <typename scalar_t>
-__device__ __forceinline__ uint32_t e4m3_pair(uint32_t bits) {
-  const uint32_t pair = e4m3_half_pair(bits);
-  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    return pair;
-  } else {
-    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&pair));
-    return bf16_pair(f.x, f.y);
-  }
-}
-
-template <typename scalar_t>
-__device__ __forceinline__ uint4 value_pairs(const GroupValues<int8_t>& group) {
-  uint4 v;
-  int8_pairs<scalar_t>(group.word.x, v.x, v.y);
-  int8_pairs<scalar_t>(group.word.y, v.z, v.w);
-  return v;
-}
-
-template <typename scalar_t>
-__device__ __forceinline__ uint4 value_pairs(const GroupValues<c10::Float8_e4m3fn>& group) {
-  return make_uint4(e4m3_pair<scalar_t>(group.word.x), e4m3_pair<scalar_t>(group.word.x >> 16),
-                    e4m3_pair<scalar_t>(group.word.y), e4m3_pair<scalar_t>(group.word.y >> 16));
 }
 
 // One right-hand side, 16-bit values: the tensor cores multiply and add.
@@ -206,12 +118,11 @@ struct RowDot<scalar_t, 1, true> {
 
   // in_row: the group's entries that belong to the row (the others get no
   // weight, see fma_group).
-  template <typename Group>
-  __device__ __forceinline__ void add_group(const Group& group, const GroupSteps& steps, unsigned base,
-                                            const scalar_t* x, unsigned last_col, unsigned in_row) {
+  __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
+                                            unsigned base, const scalar_t* x, unsigned last_col, unsigned in_row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     float acc[1] = {low[0]};
-    fma_group<scalar_t, 1>(group, steps, base, x, last_col, in_row, acc);
+    fma_group(group, steps, base, x, last_col, in_row, acc);
     low[0] = acc[0];
 #else
     const unsigned short* x_bits = reinterpret_cast<const unsigned short*>(x);
@@ -221,7 +132,7 @@ struct RowDot<scalar_t, 1, true> {
     });
     const uint32_t a[4] = {__byte_perm(xs[0], xs[1], 0x5410), __byte_perm(xs[4], xs[5], 0x5410),
                            __byte_perm(xs[2], xs[3], 0x5410), __byte_perm(xs[6], xs[7], 0x5410)};
-    const uint4 v = value_pairs<scalar_t>(group);  // entries (0, 1), (2, 3), (4, 5), (6, 7) as pairs
+    const uint4 v = group.words[0];  // entries (0, 1), (2, 3), (4, 5), (6, 7) as pairs
     mma_16816<scalar_t>(low, a, v.x, v.y);
     mma_16816<scalar_t>(high, a, v.z, v.w);
 #endif
@@ -289,14 +200,13 @@ struct RowDot<scalar_t, kBatch, true> {
 
   // in_row: the group's entries that belong to the row (the others get no
   // weight, see fma_group).
-  template <typename Group>
-  __device__ __forceinline__ void add_group(const Group& group, const GroupSteps& steps, unsigned base,
-                                            const scalar_t* x, unsigned last_col, unsigned in_row) {
+  __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
+                                            unsigned base, const scalar_t* x, unsigned last_col, unsigned in_row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     float sums[kBatch];
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) sums[b] = acc[b / 2][b % 2];
-    fma_group<scalar_t, kBatch>(group, steps, base, x, last_col, in_row, sums);
+    fma_group(group, steps, base, x, last_col, in_row, sums);
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) acc[b / 2][b % 2] = sums[b];
 #else
@@ -308,7 +218,7 @@ struct RowDot<scalar_t, kBatch, true> {
         for (int p = 0; p < kPairs; ++p) xs[j][p] = 0u;
       }
     });
-    const uint4 v = value_pairs<scalar_t>(group);  // entries (0, 1), (2, 3), (4, 5), (6, 7) as pairs
+    const uint4 v = group.words[0];  // entries (0, 1), (2, 3), (4, 5), (6, 7) as pairs
 #pragma unroll
     for (int p = 0; p < kPairs; ++p) {
       const uint32_t low[4] = {__byte_perm(xs[0][p], xs[1][p], 0x5410), __byte_perm(xs[0][p], xs[1][p], 0x7632),
