@@ -547,3 +547,23 @@ def test_cuda_matches_cpu(dtype, value_dtype, gen):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(static_y, macko_spmv.multiply(G, x))
+
+
+def test_int64_row_indices(kernels, route, value_dtype, gen):  # noqa: F811
+    """Row pointers of either width (a reader accepts both for any matrix)."""
+    M = random_pruned(50, 700, 0.3, torch.bfloat16, gen)
+    A = macko_spmv.compress(M, value_dtype=value_dtype)
+    B = macko_spmv.MackoMatrix(A.values, A.deltas, A.row_indices.long(), A.rows, A.cols, A.scales)
+    for batch in (None, 3, 20):
+        x = random_x(((batch,) if batch else ()) + (700,), torch.bfloat16, gen, "cpu")
+        assert torch.equal(macko_spmv.multiply(B, x), macko_spmv.multiply(A, x))
+        check_quantized_product(B, M, x)
+    assert torch.equal(macko_spmv.decompress(B), macko_spmv.decompress(A))
+
+
+def test_scales_with_16_bit_values_are_refused(gen):
+    A = macko_spmv.compress(random_pruned(6, 30, 0.5, torch.float16, gen))
+    with pytest.raises(ValueError, match="scales apply to int8 and float8_e4m3fn values only"):
+        macko_spmv.MackoMatrix(*A, torch.ones(6, dtype=torch.float16))
+    with pytest.raises(TypeError, match="scales must be a torch.Tensor or None"):
+        macko_spmv.MackoMatrix(*A, [1.0] * 6)
