@@ -134,6 +134,8 @@ struct GroupValues {
   __device__ __forceinline__ float operator[](int j) const {
     return static_cast<float>(reinterpret_cast<const scalar_t*>(words)[j]);
   }
+  // The first 4 bytes (experiment variants: something the loads produced).
+  __device__ __forceinline__ uint32_t first_bits() const { return words[0].x; }
 };
 
 // The values of one group of 8-bit values (int8_t or c10::Float8_e4m3fn,
@@ -143,6 +145,7 @@ struct GroupBytes {
   uint2 word;
 
   __device__ __forceinline__ void load_shared(const void* group) { word = *static_cast<const uint2*>(group); }
+  __device__ __forceinline__ uint32_t first_bits() const { return word.x; }
   __device__ __forceinline__ void clear() { word = make_uint2(0, 0); }
   // Zeroes the entries whose bit in `mask` is clear.
   __device__ __forceinline__ void keep(unsigned mask) {

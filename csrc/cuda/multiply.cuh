@@ -176,21 +176,26 @@ __device__ __forceinline__ void stage_x_transposed(const scalar_t* x, int64_t x_
   }
 }
 
-// What a kernel computes: the product, or (experiments only, fp16 one
-// vector, MACKO_STREAM_VARIANT=ring|decode; y then holds no product) the
-// same walk cut short after a stage's ring loads, or after its decode and
-// warp scan, to time what each part of a stage costs
+// What a kernel computes: the product, or (experiments only, one vector of
+// fp16 x, MACKO_STREAM_VARIANT=ring|decode|sums; y then holds no product of
+// the library's) the same walk cut short after a stage's ring loads, or
+// after its decode and warp scan, or (8-bit values) with each group
+// converted exactly and the row's fp32 sum times its scale instead of each
+// entry rounded to q * scale: to time what each part of a stage costs
 // (benchmarks/experiments/stream_ablation.py).
-enum StreamVariant : int { kStreamProduct = 0, kStreamRingOnly = 1, kStreamDecodeOnly = 2 };
+enum StreamVariant : int { kStreamProduct = 0, kStreamRingOnly = 1, kStreamDecodeOnly = 2, kStreamScaledSums = 3 };
 
 inline StreamVariant stream_variant() {
   const char* setting = std::getenv("MACKO_STREAM_VARIANT");
   if (setting == nullptr) return kStreamProduct;
   const std::string name(setting);
-  const StreamVariant variant = name == "ring" ? kStreamRingOnly : name == "decode" ? kStreamDecodeOnly : kStreamProduct;
+  const StreamVariant variant = name == "ring"     ? kStreamRingOnly
+                                : name == "decode" ? kStreamDecodeOnly
+                                : name == "sums"   ? kStreamScaledSums
+                                                   : kStreamProduct;
   if (variant != kStreamProduct) {
-    TORCH_WARN_ONCE("MACKO_STREAM_VARIANT=", name, ": one-vector fp16 multiply returns no product (an experiment ",
-                    "switch); unset it for results");
+    TORCH_WARN_ONCE("MACKO_STREAM_VARIANT=", name, ": one-vector multiply with fp16 x returns no product of the ",
+                    "library's (an experiment switch); unset it for results");
   }
   return variant;
 }
@@ -322,7 +327,7 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
       }
       if constexpr (kVariant == kStreamRingOnly) {
 #pragma unroll
-        for (int u = 0; u < kSteps; ++u) sink += group[u].words[0].x ^ group[u].words[0].w ^ nibbles[u];
+        for (int u = 0; u < kSteps; ++u) sink += group[u].first_bits() ^ nibbles[u];
         continue;
       }
       // A row's first or last stage (warp-uniform): its entries in each of
@@ -353,14 +358,17 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
       warp_group_bases(totals, lane, prev_col, base);
       if constexpr (kVariant == kStreamDecodeOnly) {
 #pragma unroll
-        for (int u = 0; u < kSteps; ++u) sink += base[u] + steps[u].odd_offsets() + group[u].words[0].x;
+        for (int u = 0; u < kSteps; ++u) sink += base[u] + steps[u].odd_offsets() + group[u].first_bits();
         continue;
       }
 #pragma unroll
       for (int u = 0; u < kSteps; ++u) {
         if (u == 0 || step + u * kWarpStepEntries < row_end) {  // warp-uniform
           const unsigned in_row_u = edge_stage ? in_row[u] : 0xFFu;
-          if constexpr (kScaled) {
+          if constexpr (kVariant == kStreamScaledSums) {
+            dot.add_group(dequantized<scalar_t>(group[u], RowScale<scalar_t>(1.0f)), steps[u], base[u], x, last_col,
+                          in_row_u);
+          } else if constexpr (kScaled) {
             dot.add_group(dequantized<scalar_t>(group[u], row_scale), steps[u], base[u], x, last_col, in_row_u);
           } else {
             dot.add_group(group[u], steps[u], base[u], x, last_col, in_row_u);
@@ -370,7 +378,11 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
 
     }
 
-    if constexpr (kVariant != kStreamProduct) {
+    if constexpr (kVariant == kStreamScaledSums) {
+      const float sum = dot.total(0, lane);
+      if (lane == 0) args.y[row] = static_cast<scalar_t>(sum * row_scale.value);
+      continue;
+    } else if constexpr (kVariant != kStreamProduct) {
       const uint32_t kept = __reduce_xor_sync(kFullMask, sink);
       if (lane == 0) reinterpret_cast<uint16_t*>(args.y)[row] = static_cast<uint16_t>(kept ^ (kept >> 16));
       continue;
@@ -400,12 +412,16 @@ void launch_multiply(const MultiplyProblem& problem) {
   using Args = MultiplyArgs<scalar_t, value_t, index_t>;
   using SharedXKernel = void (*)(Args);
   SharedXKernel shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, kBatch, true>;
-  if constexpr (kBatch == 1 && std::is_same_v<scalar_t, c10::Half> && std::is_same_v<value_t, c10::Half> &&
-                std::is_same_v<index_t, int>) {
+  if constexpr (kBatch == 1 && std::is_same_v<scalar_t, c10::Half> && std::is_same_v<index_t, int>) {
     const StreamVariant variant = stream_variant();
     if (variant == kStreamRingOnly) shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, 1, true, kStreamRingOnly>;
     if (variant == kStreamDecodeOnly) {
       shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, 1, true, kStreamDecodeOnly>;
+    }
+    if constexpr (!std::is_same_v<value_t, scalar_t>) {
+      if (variant == kStreamScaledSums) {
+        shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, 1, true, kStreamScaledSums>;
+      }
     }
   }
   const auto global_x_kernel = multiply_kernel<scalar_t, value_t, index_t, kBatch, false>;

@@ -72,11 +72,13 @@ def random_vectors(batch, cols, dtype, generator):
 
 
 def stored_matrix(A):
-    """The dense matrix that the MACKO matrix A stands for, exactly: A
-    decompressed, or for 8-bit values q * scale in float32 (exact: q has at
-    most 8 significant bits and a scale at most 11, so their product fits
-    fp32's 24), not rounded to the activation dtype as decompress rounds it."""
-    if A.scales is None:
+    """The dense matrix that multiply(A, x) multiplies: A decompressed. For
+    8-bit values on the CPU, whose kernels scale each row's fp32 sum, the
+    exact q * scale instead, in float32 (exact: q has at most 8 significant
+    bits and a scale at most 11, so their product fits fp32's 24); on a GPU
+    every route multiplies decompress(A), q * scale rounded once to the
+    activation dtype."""
+    if A.scales is None or A.device.type != "cpu":
         return macko_spmv.decompress(A)
     q = macko_spmv.MackoMatrix(A.values.float(), A.deltas, A.row_indices, A.rows, A.cols, validate=False)
     return macko_spmv.decompress(q) * A.scales.float()[:, None]
