@@ -204,11 +204,14 @@ __device__ __forceinline__ uint32_t saturated_half_pair(uint32_t q_pair, uint32_
   return pair;
 }
 
+__device__ __forceinline__ uint32_t bf16_pair(float low, float high) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
+  return *reinterpret_cast<const uint32_t*>(&pair);
+}
+
 __device__ __forceinline__ uint32_t saturated_bf16_pair(float low, float high, float scale) {
   constexpr float kLargest = 3.38953139e38f;  // bf16's largest finite value
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(fminf(fmaxf(low * scale, -kLargest), kLargest),
-                                                    fminf(fmaxf(high * scale, -kLargest), kLargest));
-  return *reinterpret_cast<const uint32_t*>(&pair);
+  return bf16_pair(fminf(fmaxf(low * scale, -kLargest), kLargest), fminf(fmaxf(high * scale, -kLargest), kLargest));
 }
 
 // Two e4m3 values (the low 16 bits of `bits`) as an exact fp16 pair.
@@ -227,7 +230,9 @@ __device__ __forceinline__ uint32_t e4m3_half_pair(uint32_t bits) {
 #endif
 }
 
-template <typename scalar_t>
+// kScaled false (an experiment variant of the streaming kernel, whose row
+// sums are scaled instead): q itself, converted exactly.
+template <typename scalar_t, bool kScaled = true>
 __device__ __forceinline__ GroupValues<scalar_t> dequantized(const GroupValues<int8_t>& group,
                                                             const RowScale<scalar_t>& scale) {
   static_assert(sizeof(scalar_t) == 2, "8-bit values dequantize into fp16 or bf16");
@@ -242,18 +247,18 @@ __device__ __forceinline__ GroupValues<scalar_t> dequantized(const GroupValues<i
       constexpr uint32_t kOffset = 0x64806480u;  // 1152.0 in both halves
       uint32_t q = __byte_perm(biased, 0x64646464u, 0x4040 + k + ((k + 1) << 8));
       asm("sub.f16x2 %0, %0, %1;" : "+r"(q) : "r"(kOffset));
-      pairs[p] = saturated_half_pair(q, scale.pair);
+      pairs[p] = kScaled ? saturated_half_pair(q, scale.pair) : q;
     } else {
       constexpr float kOffset = 8388736.0f;  // 2^23 + 128
       const float low = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440 + k)) - kOffset;
       const float high = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440 + k + 1)) - kOffset;
-      pairs[p] = saturated_bf16_pair(low, high, scale.value);
+      pairs[p] = kScaled ? saturated_bf16_pair(low, high, scale.value) : bf16_pair(low, high);
     }
   }
   return out;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, bool kScaled = true>
 __device__ __forceinline__ GroupValues<scalar_t> dequantized(const GroupValues<c10::Float8_e4m3fn>& group,
                                                             const RowScale<scalar_t>& scale) {
   static_assert(sizeof(scalar_t) == 2, "8-bit values dequantize into fp16 or bf16");
@@ -263,10 +268,10 @@ __device__ __forceinline__ GroupValues<scalar_t> dequantized(const GroupValues<c
   for (int p = 0; p < 4; ++p) {
     const uint32_t q = e4m3_half_pair((p < 2 ? group.word.x : group.word.y) >> (16 * (p % 2)));
     if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-      pairs[p] = saturated_half_pair(q, scale.pair);
+      pairs[p] = kScaled ? saturated_half_pair(q, scale.pair) : q;
     } else {
       const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&q));
-      pairs[p] = saturated_bf16_pair(f.x, f.y, scale.value);
+      pairs[p] = kScaled ? saturated_bf16_pair(f.x, f.y, scale.value) : bf16_pair(f.x, f.y);
     }
   }
   return out;

@@ -366,7 +366,7 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
         if (u == 0 || step + u * kWarpStepEntries < row_end) {  // warp-uniform
           const unsigned in_row_u = edge_stage ? in_row[u] : 0xFFu;
           if constexpr (kVariant == kStreamScaledSums) {
-            dot.add_group(dequantized<scalar_t>(group[u], RowScale<scalar_t>(1.0f)), steps[u], base[u], x, last_col,
+            dot.add_group(dequantized<scalar_t, false>(group[u], row_scale), steps[u], base[u], x, last_col,
                           in_row_u);
           } else if constexpr (kScaled) {
             dot.add_group(dequantized<scalar_t>(group[u], row_scale), steps[u], base[u], x, last_col, in_row_u);
