@@ -2,6 +2,7 @@
 
     python benchmarks/readme_tables.py benchmarks/results/h200-2026-12-01
     python benchmarks/readme_tables.py --batch FOLDER   # the batch table of one run's results.csv
+    python benchmarks/readme_tables.py --values FOLDER  # 8-bit against 16-bit values, one run's results.csv
 
 Reads DIR/spmv, DIR/batch and DIR/e2e (the folders of one GPU session)
 through macko_spmv.bench.tables. Runs that recorded the back-to-back (CUDA
@@ -73,6 +74,29 @@ def batch_table(folder):
     print("\n".join(lines))
 
 
+def values_table(folder):
+    """One vector, each kind of stored values (a run of `bench --values`)
+    against the same matrix with fp16 values and against cuBLAS."""
+    rows = [row for row in read_spmv_results(folder) if row["batch"] == 1 and row["dtype"].startswith("float16")]
+    fp16 = {(row["shape"], row["density"]): row for row in rows if row["dtype"] == "float16"}
+    us = lambda value: f"{value:.1f}"  # noqa: E731
+
+    def versus_fp16(row):
+        base = fp16[(row["shape"], row["density"])]
+        ratio = lambda column: times(base[column] / row[column])  # noqa: E731
+        graph = math.isfinite(row.get("macko_graph_us", math.nan))
+        return f"{ratio('macko_us')} / {ratio('macko_graph_us')}" if graph else ratio("macko_us")
+
+    print("\nOne vector, fp16 x, values stored as fp16, int8 or e4m3 (per-row scales), flushed / graph:\n")
+    columns = [Column("shape", "shape"), Column("density", lambda row: str(row["density"])),
+               Column("values", lambda row: row["dtype"].partition("/")[2] or "float16"),
+               Column("MACKO us", lambda row: both(row, "macko_us", "macko_graph_us", us)),
+               Column("vs cuBLAS", lambda row: both(row, "speedup_cublas", "speedup_cublas_graph", times)),
+               Column("vs fp16 values", versus_fp16),
+               Column("bytes vs dense fp16", lambda row: f"{row['macko_bytes'] / (row['rows'] * row['cols'] * 2):.0%}")]
+    print(markdown_table(columns, rows))
+
+
 def e2e_table(results_dir):
     rows = read_e2e_results(os.path.join(results_dir, "e2e"))
     print("\nLlama-2-7B shapes (random weights), fp16, static KV cache, decode under "
@@ -100,6 +124,8 @@ def e2e_table(results_dir):
 if __name__ == "__main__":
     if sys.argv[1] == "--batch":
         batch_table(sys.argv[2])
+    elif sys.argv[1] == "--values":
+        values_table(sys.argv[2])
     else:
         results_dir = sys.argv[1]
         spmv_table(results_dir)
