@@ -72,14 +72,10 @@ def random_vectors(batch, cols, dtype, generator):
 
 
 def stored_matrix(A):
-    """The dense matrix that the MACKO matrix A stands for, exactly: A
-    decompressed, or for 8-bit values q * scale in float32 (exact: q has at
-    most 8 significant bits and a scale at most 11, so their product fits
-    fp32's 24), not rounded to the activation dtype as decompress rounds it."""
-    if A.scales is None:
-        return macko_spmv.decompress(A)
-    q = macko_spmv.MackoMatrix(A.values.float(), A.deltas, A.row_indices, A.rows, A.cols, validate=False)
-    return macko_spmv.decompress(q) * A.scales.float()[:, None]
+    """The dense matrix that multiply multiplies for the MACKO matrix A, on
+    every device and route: decompress(A) (for 8-bit values each entry q *
+    scale rounded once to the activation dtype and saturated)."""
+    return macko_spmv.decompress(A)
 
 
 def reference_product(W, x):
