@@ -87,8 +87,9 @@ TORCH_LIBRARY(macko_spmv, m) {
       "int cols, Tensor? scales=None) -> Tensor");
   // y = x M^T (+ bias): the bias is added to each row's fp32 sum before
   // the one rounding to the matrix's dtype (on the GPU: after, in a second
-  // pass), as nn.Linear adds its bias inside the GEMM. With scales, each
-  // row's sum of q * x is multiplied by its scale first.
+  // pass), as nn.Linear adds its bias inside the GEMM. With scales, M is
+  // decompress's matrix: each q * scales[r] rounded once to the activation
+  // dtype and saturated, on every device and route.
   m.def(
       "multiply(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
       "int cols, Tensor x, Tensor? bias=None, Tensor? scales=None) -> Tensor");

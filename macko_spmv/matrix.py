@@ -307,10 +307,9 @@ def multiply(A, x):
 
     Returns:
       y: [..., rows] in A's dtype; products are summed in float32. With
-      8-bit values, y[r] = scales[r] * sum of q * x over row r's stored
-      entries, the fp32 sum scaled once and rounded once (on CUDA, for
-      now, each entry is dequantized to A's dtype first: see
-      csrc/cuda/dequantize.cuh).
+      8-bit values, the matrix multiplied is decompress(A)'s, on every
+      device and route: each entry q * scales[r] rounded once to A's dtype
+      (saturated to its finite range) before its product with x.
 
     Each stored entry is multiplied by x at its column, and nothing else
     is: an inf or NaN in x reaches y[r] only through row r's stored entries,

@@ -10,8 +10,11 @@ positions of tests/reference.py, not from the library's decoder:
   (saturated at the dtype's largest finite value: the scale is rounded
   up, so qmax * scale can pass it);
 - it lies within the quantization bound of M, per row;
-- multiply(A, x) is its float64 product within the tolerance of float32
-  sums and one output rounding (check_product).
+- multiply(A, x) is decompress(A)'s float64 product, on every device and
+  route, within the tolerance of float32 sums and one output rounding
+  (check_product); and with x the rows of the identity, decompress(A)
+  itself, bit for bit, for every byte value and scales that reach every
+  rounding case (test_multiply_rounds_like_decompress).
 """
 
 import io
@@ -111,13 +114,15 @@ def check_quantization_bound(M, A, value_dtype):
 
 
 def product_reference(A, M, x):
-    """(y_ref, magnitude) in float64 for multiply(A, x): on the CPU the
-    exact dequantized matrix's product (the kernels scale each row's fp32
-    sum). On CUDA every route multiplies decompress(A), each entry rounded
-    to the activation dtype first: the streaming kernel dequantizes each
-    entry so (csrc/cuda/group_decode.cuh), the other routes dequantize the
-    values into a temporary (csrc/cuda/dequantize.cuh)."""
-    W = exact_dequantized(M, A) if A.device.type == "cpu" else macko_spmv.decompress(A).cpu().double()
+    """(y_ref, magnitude) in float64 for multiply(A, x): the product of
+    decompress(A), each entry rounded to the activation dtype, on every
+    device and route (the CPU kernels read each row's values from a table
+    of its dequantized values, Ops::row_table in
+    csrc/cpu/multiply_kernels.inc; CUDA's streaming kernel dequantizes each
+    entry so, csrc/cuda/group_decode.cuh, its other routes into a
+    temporary, csrc/cuda/dequantize.cuh). M is unused (kept for the
+    callers' symmetry with the bound checks)."""
+    W = macko_spmv.decompress(A).cpu().double()
     x64 = x.cpu().double()
     return x64 @ W.T, x64.abs() @ W.abs().T
 
@@ -169,6 +174,70 @@ def test_cpu_kernels_and_routes(kernels, route, dtype, value_dtype, gen):  # noq
             check_quantized_product(A, M, x)
         bias = random_x((shape[0],), dtype, gen, "cpu")
         check_quantized_product(A, M, random_x((4, shape[1]), dtype, gen, "cpu"), bias)
+
+
+def every_byte_matrix(value_dtype, dtype, gen):
+    """A MackoMatrix of 256 columns whose every row stores each byte value
+    once, byte b in column b (e4m3's two NaN encodings stored as 0 instead,
+    so that products with x stay finite), with scales that reach each case
+    of rounding q * scale to dtype: 0, 1, products that need more bits than
+    dtype has (ties included), dtype's largest values (saturation), its
+    smallest normal and subnormal numbers (results that round to
+    subnormals or to 0), and random scales over a range of exponents."""
+    info = torch.finfo(dtype)
+    tiny = info.smallest_normal
+    scales = [0.0, 1.0, 1 + info.eps, 3 - 2 * info.eps, info.max, info.max / 100, info.max / 448 * 1.5,
+              info.max / 127 * 1.01, tiny, tiny * info.eps, 3 * tiny * info.eps, tiny * 0.75, 1 / 3, 1e-3]
+    random = torch.rand(18, generator=gen, dtype=torch.float64) * torch.exp2(
+        torch.randint(-30, 30, (18,), generator=gen).double()).clamp(max=info.max)
+    scales = torch.cat([torch.tensor(scales, dtype=torch.float64), random]).to(dtype)
+    assert bool(torch.isfinite(scales).all()) and bool((scales >= 0).all())
+    rows = scales.numel()
+    row_bytes = torch.arange(256, dtype=torch.int32)
+    if value_dtype == torch.float8_e4m3fn:
+        row_bytes[(row_bytes & 0x7F) == 0x7F] = 0
+    values = row_bytes.to(torch.uint8).repeat(rows).view(value_dtype)
+    deltas = torch.zeros(rows * 128, dtype=torch.uint8)  # every gap 0: columns 0, 1, ..., 255
+    row_indices = torch.arange(rows + 1, dtype=torch.int32) * 256
+    return macko_spmv.MackoMatrix(values, deltas, row_indices, rows, 256, scales)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=short)
+def test_multiply_rounds_like_decompress(kernels, route, dtype, value_dtype, gen):  # noqa: F811
+    """multiply(A, x) multiplies decompress(A)'s matrix exactly, on every
+    CPU kernel variant and route, bit for bit: with x the rows of the
+    identity, y is decompress(A) transposed (one dequantized entry times 1
+    plus zeros); with x = e_c + e_(c + shift), each output is the float32
+    sum of two of decompress(A)'s entries rounded to dtype (which scaling
+    a row's sum of q instead would not give). decompress(A) itself is
+    q * scale rounded once to dtype and saturated (float64 reference)."""
+    A = every_byte_matrix(value_dtype, dtype, gen)
+    D = macko_spmv.decompress(A)
+    exact = A.values.float().double().view(A.rows, 256) * A.scales.double()[:, None]
+    assert torch.equal(D, rounded(exact, dtype))
+    identity = torch.eye(256, dtype=dtype)
+    for shift in (0, 1, 101):
+        x = identity if shift == 0 else identity + identity.roll(shift, dims=1)
+        expected = D if shift == 0 else (D.float() + D.float().roll(-shift, dims=1)).to(dtype)
+        if route == "vector":  # one right-hand side a call (a batch may leave the vector route)
+            y = torch.stack([macko_spmv.multiply(A, x[c]) for c in range(256)])
+        else:
+            y = macko_spmv.multiply(A, x)
+        assert y.dtype == dtype
+        mismatch = (y.T != expected).nonzero()  # no NaN: every entry is finite
+        assert mismatch.numel() == 0, (
+            f"shift {shift}: {len(mismatch)} outputs differ, first at (row, byte) {tuple(mismatch[0].tolist())}: "
+            f"multiply {float(y.T[tuple(mismatch[0])])} vs decompress's {float(expected[tuple(mismatch[0])])}")
+    # With a bias and a general x, still decompress's product (on the rows
+    # whose sums stay well inside dtype's range: not the saturated ones).
+    x = random_x((3, 256), dtype, gen, "cpu")
+    bias = random_x((A.rows,), dtype, gen, "cpu")
+    y = macko_spmv.ops.multiply(*A[:5], x, bias, A.scales)
+    y_ref, magnitude = product_reference(A, None, x)
+    keep = (magnitude + bias.double().abs()).amax(dim=0) < torch.finfo(dtype).max / 4
+    assert int(keep.sum()) >= 10
+    check_product(y[:, keep], (y_ref + bias.double())[:, keep], magnitude[:, keep], dtype,
+                  "multiply with every byte value")
 
 
 def test_adversarial_matrices(device, dtype, value_dtype, gen):

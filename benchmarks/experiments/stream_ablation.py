@@ -54,7 +54,7 @@ def main(argv=None):
             cublas_g = graph.measure(lambda: spmv.dense_call(W.clone(), x), W.numel() * W.element_size()).us_per_call
             for values in args.values:
                 A = macko_spmv.compress(W, value_dtype=spmv.VALUE_DTYPES[values])
-                W_stored = matrices.stored_matrix(A)
+                W_stored = macko_spmv.decompress(A)
                 matrices.check_product(macko_spmv.multiply(A, x).cpu(),
                                        *matrices.reference_product(W_stored.cpu(), x.cpu()), torch.float16, "multiply")
                 for variant in VARIANTS if A.scales is None else QUANTIZED_VARIANTS:

@@ -4,12 +4,12 @@
 // 8-bit values come out dequantized: (float)q * (float)scale[row], rounded
 // once to the activation dtype (the product is exact in fp32 for 16-bit
 // scales, so for fp16 and bf16 that one rounding is the only one) and
-// saturated to its finite range (dequantized_max in macko.h says why).
+// saturated to its finite range (dequantized_max in macko.h says why):
+// cpu::dequantize (stored_values.h), the values that multiply multiplies.
 #include <torch/library.h>
 
 #include <ATen/Parallel.h>
 
-#include <algorithm>
 #include <type_traits>
 
 #include "row_walk.h"
@@ -40,9 +40,7 @@ at::Tensor decompress_cpu(const at::Tensor& values, const at::Tensor& deltas,
                          if constexpr (std::is_same_v<value_t, scalar_t>) {
                            out[r * cols + col] = v[k];
                          } else {
-                           const float limit = dequantized_max<scalar_t>();
-                           const float value = cpu::byte_to_float(v[k]) * row_scales[r];
-                           out[r * cols + col] = static_cast<scalar_t>(std::min(std::max(value, -limit), limit));
+                           out[r * cols + col] = cpu::dequantize<scalar_t>(cpu::byte_to_float(v[k]), row_scales[r]);
                          }
                        });
       });

@@ -1,14 +1,16 @@
 // multiply on the CPU: Y = X M^T (+ bias) for one or more right-hand sides
 // (x [cols] or X [batch, cols]), fp32 sums, parallel over rows
 // (at::parallel_for, parallel in code compiled with OpenMP: setup.py adds
-// -fopenmp). The bias joins each fp32 sum where it is scaled and rounded
-// to the output (Ops::store_rows), not in a pass of its own.
+// -fopenmp). The bias joins each fp32 sum where it is rounded to the
+// output (Ops::store_rows), not in a pass of its own.
 //
 // 8-bit values (int8, float8_e4m3fn; docs/FORMAT.md): the same kernels,
 // instantiated for the stored value type beside the activation type of x
-// and y, each 1-byte value converted to float through its 256-entry table
-// (stored_values.h); each row's fp32 sum of q * x is multiplied by the
-// row's scale in Ops::store_rows, before the bias and the one rounding.
+// and y. Each row's values come from a table of the 256 values its bytes
+// stand for (Ops::row_table): q * the row's scale, saturated and rounded
+// once to the activation type (cpu::dequantize in stored_values.h, what
+// decompress writes), so that multiply(A, x) is decompress(A)'s product on
+// every route, as on the GPU; the row's fp32 sum is not scaled after.
 //
 // Three routes (multiply_kernels.inc has the kernels and how they decode
 // the stream):
@@ -83,12 +85,11 @@ inline T bit_cast_to(const void* p) {
 // fp16: normal numbers, Inf and NaN by rebiasing the exponent in integer
 // arithmetic; subnormals (and zero) as their integer mantissa times 2^-24,
 // an exact product of normal floats; a mask selects one of the two.
-// 8-bit values: their table.
+// (8-bit values have no value of their own: see stored_to_float.)
 template <typename scalar_t>
 inline float value_to_float(scalar_t v) {
-  if constexpr (cpu::kIsByteValue<scalar_t>) {
-    return cpu::byte_to_float(v);
-  } else if constexpr (std::is_same_v<scalar_t, float>) {
+  static_assert(!cpu::kIsByteValue<scalar_t>, "8-bit values are read through their row's table");
+  if constexpr (std::is_same_v<scalar_t, float>) {
     return v;
   } else {
     const uint32_t h = bit_cast_to<uint16_t>(&v);
@@ -104,6 +105,20 @@ inline float value_to_float(scalar_t v) {
       bits = ((h & 0x8000u) << 16) | (is_tiny & bit_cast_to<uint32_t>(&tiny)) | (~is_tiny & normal);
     }
     return bit_cast_to<float>(&bits);
+  }
+}
+
+// A stored value of a row as float: for 8-bit values its byte's entry of
+// the row's table (Ops::row_table), else value_to_float.
+template <typename scalar_t>
+inline float stored_to_float(scalar_t v, const float* table) {
+  if constexpr (cpu::kIsByteValue<scalar_t>) {
+    uint8_t byte;
+    std::memcpy(&byte, &v, 1);
+    return table[byte];
+  } else {
+    (void)table;
+    return value_to_float(v);
   }
 }
 
@@ -266,7 +281,8 @@ void transpose_to_tiles(const scalar_t* x, int64_t batch, int64_t cols, float* x
 }
 
 // Each route writes y = x M^T + bias (scales: the rows' scales of 8-bit
-// values, bias: fp32, each null for none). scalar_t: x's and y's type,
+// values, which the kernels' row tables take; bias: fp32; each null for
+// none). scalar_t: x's and y's type,
 // value_t: the stored values'.
 template <typename Ops, typename scalar_t, typename value_t, typename index_t>
 void multiply_vector(const Stream<value_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
@@ -336,18 +352,19 @@ void multiply_dense(const Stream<value_t, index_t>& s, const at::Tensor& x, int6
   for (int64_t t0 = 0; t0 < rows; t0 += tile_rows) {
     const int64_t t1 = std::min(rows, t0 + tile_rows);
     at::parallel_for(t0, t1, row_grain(s.cols),
-                     [&](int64_t r0, int64_t r1) { Ops::decompress_rows(s, r0, r1, tp + (r0 - t0) * s.cols); });
+                     [&](int64_t r0, int64_t r1) { Ops::template decompress_rows<scalar_t>(s, scales, r0, r1, tp + (r0 - t0) * s.cols);
+                     });
     at::Tensor out = y32.narrow(1, t0, t1 - t0);
     at::mm_out(out, x32, tile.narrow(0, 0, t1 - t0).t());
   }
-  // The scales, the bias and the rounding to scalar_t in one pass over y32
-  // (in place for fp32, where y32 is y); none is needed for fp32 without
-  // any of them.
-  if (!std::is_same_v<scalar_t, float> || out_scale != 1.0f || scales != nullptr || bias != nullptr) {
+  // The bias and the rounding to scalar_t in one pass over y32 (in place
+  // for fp32, where y32 is y); none is needed for fp32 without a bias or
+  // out_scale.
+  if (!std::is_same_v<scalar_t, float> || out_scale != 1.0f || bias != nullptr) {
     float* y32p = y32.mutable_data_ptr<float>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch, row_grain(rows), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) Ops::store_rows(y32p + b * rows, rows, out_scale, scales, bias, yp + b * rows);
+      for (int64_t b = b0; b < b1; ++b) Ops::store_rows(y32p + b * rows, rows, out_scale, bias, yp + b * rows);
     });
   }
 }
@@ -368,7 +385,8 @@ at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas, cons
     y.zero_();
     return bias_in.has_value() ? y.add_(*bias_in) : y;
   }
-  // The kernels multiply their fp32 sums by the scales and add the bias.
+  // The kernels build their rows' tables from the scales (8-bit values) and
+  // add the bias to their fp32 sums.
   at::Tensor scales32, bias32;
   if (scales_in.has_value()) scales32 = scales_in->to(at::kFloat).contiguous();
   if (bias_in.has_value()) bias32 = bias_in->to(at::kFloat).contiguous();

@@ -2,15 +2,20 @@
 // float8_e4m3fn; docs/FORMAT.md, "8-bit values") to float, through one
 // 256-entry table per type, so that every kernel (vector lanes gather from
 // the same table) converts a byte the same way, without a branch on its
-// value. The tables are built from c10's own conversions.
+// value. The tables are built from c10's own conversions. And the one
+// definition of a dequantized value (dequantize), which decompress writes
+// and the multiply kernels multiply.
 #pragma once
 
 #include <c10/util/Float8_e4m3fn.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+
+#include "../macko.h"
 
 namespace macko {
 namespace cpu {
@@ -41,6 +46,24 @@ inline float byte_to_float(value_t v) {
   uint8_t byte;
   std::memcpy(&byte, &v, 1);
   return kByteFloats<value_t>[byte];
+}
+
+// The value that a stored q (as float) of a row of scale `scale` (as
+// float) stands for in the activation type scalar_t: the fp32 product q *
+// scale (exact for 16-bit scales; for fp32 scales rounded once, by this
+// multiplication), saturated to scalar_t's finite range (dequantized_max
+// in macko.h says why; NaN stays NaN), rounded once to scalar_t (nearest
+// even). decompress writes it; the multiply kernels multiply it (each row's
+// table of its 256 bytes' values, Ops::row_table in multiply_kernels.inc:
+// the baseline's built with this function, the vector copies' with the
+// same operations on vector lanes, the rounding that of their output
+// stores). CUDA's streaming kernel and dequantize.cuh compute the same.
+template <typename scalar_t>
+inline scalar_t dequantize(float q, float scale) {
+  const float limit = dequantized_max<scalar_t>();
+  // std::max / std::min return their first argument when the comparison
+  // fails, so a NaN product passes through both.
+  return static_cast<scalar_t>(std::min(std::max(q * scale, -limit), limit));
 }
 
 }  // namespace cpu

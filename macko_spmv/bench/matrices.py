@@ -13,8 +13,6 @@ import zlib
 
 import torch
 
-import macko_spmv
-
 # Largest error allowed by check_product, per output element i, as
 #   |y_i - y_ref_i| <= eps(dtype) * |y_ref_i| + ACCUMULATION_TOL * (|x| @ |W|^T)_i + tiny(dtype) * eps(dtype).
 # The first term covers the final rounding to the output dtype (eps is twice
@@ -69,19 +67,6 @@ def random_vectors(batch, cols, dtype, generator):
     device: [cols] for batch None (one vector), else [batch, cols]."""
     shape = (cols,) if batch is None else (batch, cols)
     return torch.randn(*shape, generator=generator, device=generator.device).to(dtype)
-
-
-def stored_matrix(A):
-    """The dense matrix that multiply(A, x) multiplies: A decompressed. For
-    8-bit values on the CPU, whose kernels scale each row's fp32 sum, the
-    exact q * scale instead, in float32 (exact: q has at most 8 significant
-    bits and a scale at most 11, so their product fits fp32's 24); on a GPU
-    every route multiplies decompress(A), q * scale rounded once to the
-    activation dtype."""
-    if A.scales is None or A.device.type != "cpu":
-        return macko_spmv.decompress(A)
-    q = macko_spmv.MackoMatrix(A.values.float(), A.deltas, A.row_indices, A.rows, A.cols, validate=False)
-    return macko_spmv.decompress(q) * A.scales.float()[:, None]
 
 
 def reference_product(W, x):

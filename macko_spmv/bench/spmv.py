@@ -46,7 +46,7 @@ import macko_spmv
 
 from . import plots, records, tables
 from .matrices import (ACCUMULATION_TOL, check_product, derived_seed, random_pruned, random_vectors, reference_product,
-                       seeded_generator, stored_matrix)
+                       seeded_generator)
 from .tables import TIMINGS, gb_per_s, ratio, rounded, significant, timed_column
 from .timing import BackToBackTimer, CpuTimer, FlushedCudaTimer, describe_bytes
 
@@ -245,7 +245,7 @@ def run_sweep(args, device, timers, env, peak_read, peak_copy, writer):
         W = random_pruned(rows, cols, density, dtype,
                           seeded_generator(derived_seed(args.seed, "W", rows, cols, density), device))  # fmt: skip
         A = macko_spmv.compress(W, value_dtype=VALUE_DTYPES[values])
-        W_stored = W if A.scales is None else stored_matrix(A)
+        W_stored = W if A.scales is None else macko_spmv.decompress(A)  # what multiply multiplies
         label = dtype_name if A.scales is None else f"{dtype_name}/{values}"
         for batch in args.batch:
             case_name = f"{rows}x{cols} density {density} {label} batch {batch}"
