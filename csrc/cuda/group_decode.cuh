@@ -191,7 +191,8 @@ struct RowScale {
 //     multiplication by the scale rounds q * scale once.
 //   e4m3 -> fp16: cvt.rn.f16x2.e4m3x2 (sm_89+); before sm_89, by bits: the
 //     exponent and mantissa shifted into fp16's places, times 2^8 for the
-//     exponent bias (7 against 15), subnormals included.
+//     exponent bias (7 against 15), subnormals included (e4m3's NaN
+//     bytes, which compress never stores, come out finite on this path).
 //   to bf16: q as a float (int8: 0x4B000000 | u is 2^23 + u; e4m3: through
 //     fp16), times the scale in fp32 (exact: 8 significant bits times 8),
 //     rounded once when packed.

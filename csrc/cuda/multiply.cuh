@@ -407,8 +407,8 @@ void launch_multiply(const MultiplyProblem& problem) {
   // fits beside it; otherwise it is gathered from global memory (L1/L2).
   const int64_t x_bytes = (cols * kBatch * static_cast<int64_t>(sizeof(scalar_t)) + 15) / 16 * 16;
   const bool shared_x = x_bytes + kMinWarpsPerBlock * ring_bytes <= facts.max_shared_per_block;
-  // The experiment variants exist for fp16 values, 32-bit row pointers and
-  // one vector in shared memory only.
+  // The experiment variants exist for fp16 x (with fp16 or 8-bit values),
+  // 32-bit row pointers and one vector in shared memory only.
   using Args = MultiplyArgs<scalar_t, value_t, index_t>;
   using SharedXKernel = void (*)(Args);
   SharedXKernel shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, kBatch, true>;
