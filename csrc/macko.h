@@ -84,14 +84,14 @@ inline bool is_quantized_dtype(at::ScalarType t) {
   return t == at::kChar || t == at::kFloat8_e4m3fn;
 }
 
-// The largest magnitude of a dequantized value in the activation type
-// scalar_t: its largest finite number. A row's scale is rounded up, so
-// qmax * scale can pass that number for a row whose largest magnitude is
-// close to it (fp16: 127 * 516 = 65532 for 65504); such a value saturates
-// there rather than become Inf (decompress, CPU and CUDA alike).
+// The largest magnitude a row's scale may give a stored value: qmax *
+// scale must not pass scalar_t's largest finite number, so that every
+// dequantized value q * scale of a valid matrix is finite and no kernel
+// needs to saturate it (validate refuses larger scales; compress caps a
+// row's scale at largest / qmax rounded down).
 template <typename scalar_t>
-inline float dequantized_max() {
-  return static_cast<float>(std::numeric_limits<scalar_t>::max());
+inline double dequantized_max() {
+  return static_cast<double>(std::numeric_limits<scalar_t>::max());
 }
 
 inline void check_dense_matrix(const at::Tensor& dense, const char* name) {

@@ -26,6 +26,17 @@ void validate(const at::Tensor& values, const at::Tensor& deltas,
     TORCH_CHECK_VALUE(bad.numel() == 0, "scales must be finite and >= 0; row ",
                       bad.numel() ? bad[0][0].item<int64_t>() : 0, "'s scale is ",
                       bad.numel() ? (*scales)[bad[0][0]].item<double>() : 0.0);
+    // Every dequantized value must be finite, so that no kernel saturates
+    // (macko.h, dequantized_max): qmax * scale within the dtype's range.
+    const int qmax = values.scalar_type() == at::kChar ? kInt8Max : kFloat8E4m3Max;
+    double largest = 0.0;
+    MACKO_DISPATCH_VALUE_TYPES(scales->scalar_type(), "macko_validate_scales",
+                               [&] { largest = dequantized_max<scalar_t>(); });
+    const at::Tensor too_large = (scales->to(at::kDouble) * qmax > largest).nonzero();
+    TORCH_CHECK_VALUE(too_large.numel() == 0, "row ", too_large.numel() ? too_large[0][0].item<int64_t>() : 0,
+                      "'s scale ", too_large.numel() ? (*scales)[too_large[0][0]].item<double>() : 0.0,
+                      " times ", qmax, " passes the largest ", scales->scalar_type(), " (", largest,
+                      "): its values could overflow (compress caps a scale at largest / ", qmax, ")");
   }
   const at::Tensor starts = row_indices.to(at::kLong);
   const int64_t n_padded = values.numel();
@@ -55,6 +66,21 @@ void validate(const at::Tensor& values, const at::Tensor& deltas,
                     "the ", n_padded - n, " padding entries after the last row must have value 0 ",
                     "and delta 0");
   if (rows == 0) return;
+  if (is_quantized_dtype(values.scalar_type()) && n > 0) {
+    // The bytes compress never stores: int8's -128 (outside the symmetric
+    // [-127, 127]) and e4m3's NaN encodings (0x7F, 0xFF).
+    const at::Tensor bytes = values.narrow(0, 0, n).view(at::kByte);
+    const bool int8 = values.scalar_type() == at::kChar;
+    const at::Tensor bad = (int8 ? bytes.eq(0x80) : bytes.bitwise_and(0x7F).eq(0x7F)).nonzero();
+    if (bad.numel() > 0) {
+      const int64_t entry = bad[0][0].item<int64_t>();
+      const int64_t row = at::searchsorted(starts, at::scalar_tensor(entry, starts.options()), false, true)
+                              .item<int64_t>() - 1;
+      TORCH_CHECK_VALUE(false, "values[", entry, "] (row ", row, ") is ",
+                        int8 ? "-128, outside the symmetric int8 range [-127, 127] that compress stores"
+                             : "a NaN of float8_e4m3fn, which compress never stores");
+    }
+  }
   // A row spans (sum over its entries of delta + 1) columns; it must fit.
   // The sums are taken a chunk of entries at a time, so the scratch stays
   // bounded (~40 bytes per entry of a chunk) however long the stream is:

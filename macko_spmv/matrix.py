@@ -249,7 +249,11 @@ def _row_scales(M, qmax):
     """One symmetric scale per row of M (finite), in M's dtype: the row's
     largest magnitude over qmax, rounded up, so that no |v| / scale exceeds
     qmax; 0 for a row of zeros. A row whose scale would underflow to 0 gets
-    the smallest positive (subnormal) number instead."""
+    the smallest positive (subnormal) number instead. A scale is at most
+    the dtype's largest number over qmax, rounded down, so that qmax *
+    scale stays finite (validate requires it; only a row whose largest
+    magnitude is within a rounding of the dtype's largest number is capped,
+    its top entries then clamped to +-qmax)."""
     rows, cols = M.shape
     if cols == 0:
         return torch.zeros(rows, dtype=M.dtype, device=M.device)
@@ -259,7 +263,12 @@ def _row_scales(M, qmax):
     # so this finds every scale that rounded below amax / qmax; the next
     # number up is then at or above it (it also lifts an underflowed 0).
     low = scales.double() * qmax < amax
-    return torch.where(low, torch.nextafter(scales, torch.full_like(scales, float("inf"))), scales)
+    scales = torch.where(low, torch.nextafter(scales, torch.full_like(scales, float("inf"))), scales)
+    largest = torch.finfo(M.dtype).max
+    cap = torch.tensor(largest / qmax, dtype=torch.float64).to(M.dtype)
+    if float(cap.double()) * qmax > largest:
+        cap = torch.nextafter(cap, torch.zeros_like(cap))
+    return torch.minimum(scales, cap.to(M.device))
 
 
 def _quantize(M, values, row_indices, value_dtype):
@@ -309,7 +318,7 @@ def multiply(A, x):
       y: [..., rows] in A's dtype; products are summed in float32. With
       8-bit values, the matrix multiplied is decompress(A)'s, on every
       device and route: each entry q * scales[r] rounded once to A's dtype
-      (saturated to its finite range) before its product with x.
+      before its product with x.
 
     Each stored entry is multiplied by x at its column, and nothing else
     is: an inf or NaN in x reaches y[r] only through row r's stored entries,

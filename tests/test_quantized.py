@@ -7,8 +7,8 @@ values"). The references here are built from that definition and the
 positions of tests/reference.py, not from the library's decoder:
 - the exact dequantized matrix, float64 q * scale at each stored position;
 - decompress(A) is it rounded once to the activation dtype, bit for bit
-  (saturated at the dtype's largest finite value: the scale is rounded
-  up, so qmax * scale can pass it);
+  (finite: a scale is capped so that qmax * scale stays in the dtype's
+  range, and validate refuses larger ones);
 - it lies within the quantization bound of M, per row;
 - multiply(A, x) is decompress(A)'s float64 product, on every device and
   route, within the tolerance of float32 sums and one output rounding
@@ -61,9 +61,20 @@ def exact_dequantized(M, A):
 
 def rounded(exact, dtype):
     """The exact dequantized matrix as decompress returns it: rounded once
-    to dtype, saturated to its finite range."""
+    to dtype (nothing saturates: valid scales keep it finite)."""
+    out = exact.to(dtype)
+    assert bool(torch.isfinite(out).all())
+    return out
+
+
+def scale_cap(qmax, dtype):
+    """The largest scale compress gives and validate accepts: the dtype's
+    largest number over qmax, rounded down."""
     largest = torch.finfo(dtype).max
-    return exact.clamp(-largest, largest).to(dtype)
+    cap = torch.tensor(largest / qmax, dtype=torch.float64).to(dtype)
+    while float(cap.double()) * qmax > largest:
+        cap = torch.nextafter(cap, torch.zeros_like(cap))
+    return float(cap)
 
 
 def largest_q(qmax, dtype):
@@ -77,11 +88,15 @@ def largest_q(qmax, dtype):
 
 def check_scales(M, A, qmax):
     """The scale of each row is amax / qmax rounded up to the activation
-    dtype: at least amax / qmax, and the number below it is less."""
+    dtype (at least amax / qmax, and the number below it is less), or the
+    cap (scale_cap) where that is smaller."""
     amax = M.cpu().abs().amax(dim=1).double() if M.shape[1] else torch.zeros(M.shape[0], dtype=torch.float64)
     scales = A.scales.cpu()
     assert scales.dtype == M.dtype and scales.shape == (M.shape[0],)
-    assert bool((scales.double() * qmax >= amax).all())
+    cap = scale_cap(qmax, M.dtype)
+    assert bool((scales.double() <= cap).all())
+    capped = scales.double() == cap
+    assert bool((scales.double() * qmax >= amax)[~capped].all())
     below = torch.nextafter(scales, torch.zeros_like(scales))
     positive = scales > 0
     assert bool((below.double()[positive] * qmax < amax[positive]).all())
@@ -92,7 +107,8 @@ def check_quantization_bound(M, A, value_dtype):
     """decompress(A) against M, per element: the rounding of q (int8: half a
     step, scale / 2; e4m3: its relative precision 2^-4 |v|, and half its
     subnormal spacing, 2^-10 scale, near zero), plus the one rounding of
-    q * scale to the activation dtype."""
+    q * scale to the activation dtype. A row whose scale is capped
+    (scale_cap) also clamps its entries beyond qmax * scale to that."""
     M64 = M.cpu().double()
     exact = exact_dequantized(M, A)
     D = macko_spmv.decompress(A)
@@ -105,6 +121,7 @@ def check_quantization_bound(M, A, value_dtype):
         q_error = scale / 2
     else:
         q_error = 2.0**-4 * M64.abs() + 2.0**-10 * scale
+    q_error = q_error + (M64.abs() - QMAX[value_dtype] * scale).clamp(min=0)
     unit = torch.finfo(M.dtype).eps / 2
     bound = q_error * (1 + 1e-6) + unit * exact.abs() + torch.finfo(M.dtype).tiny * unit
     error = (D.cpu().double() - M64).abs()
@@ -178,24 +195,28 @@ def test_cpu_kernels_and_routes(kernels, route, dtype, value_dtype, gen):  # noq
 
 def every_byte_matrix(value_dtype, dtype, gen):
     """A MackoMatrix of 256 columns whose every row stores each byte value
-    once, byte b in column b (e4m3's two NaN encodings stored as 0 instead,
-    so that products with x stay finite), with scales that reach each case
-    of rounding q * scale to dtype: 0, 1, products that need more bits than
-    dtype has (ties included), dtype's largest values (saturation), its
-    smallest normal and subnormal numbers (results that round to
-    subnormals or to 0), and random scales over a range of exponents."""
+    once, byte b in column b (the bytes validate refuses, int8's -128 and
+    e4m3's two NaN encodings, stored as 0 instead), with scales that reach
+    each case of rounding q * scale to dtype: 0, 1, products that need more
+    bits than dtype has (ties included), the largest valid scale (products
+    up to dtype's largest values), its smallest normal and subnormal numbers
+    (results that round to subnormals or to 0), and random scales over a
+    range of exponents."""
     info = torch.finfo(dtype)
     tiny = info.smallest_normal
-    scales = [0.0, 1.0, 1 + info.eps, 3 - 2 * info.eps, info.max, info.max / 100, info.max / 448 * 1.5,
-              info.max / 127 * 1.01, tiny, tiny * info.eps, 3 * tiny * info.eps, tiny * 0.75, 1 / 3, 1e-3]
+    cap = scale_cap(QMAX[value_dtype], dtype)
+    scales = [0.0, 1.0, 1 + info.eps, 3 - 2 * info.eps, cap, cap / 1.5, cap / 100, cap * (1 - 4 * info.eps),
+              tiny, tiny * info.eps, 3 * tiny * info.eps, tiny * 0.75, 1 / 3, 1e-3]
     random = torch.rand(18, generator=gen, dtype=torch.float64) * torch.exp2(
-        torch.randint(-30, 30, (18,), generator=gen).double()).clamp(max=info.max)
+        torch.randint(-30, 30, (18,), generator=gen).double()).clamp(max=cap)
     scales = torch.cat([torch.tensor(scales, dtype=torch.float64), random]).to(dtype)
     assert bool(torch.isfinite(scales).all()) and bool((scales >= 0).all())
     rows = scales.numel()
     row_bytes = torch.arange(256, dtype=torch.int32)
     if value_dtype == torch.float8_e4m3fn:
         row_bytes[(row_bytes & 0x7F) == 0x7F] = 0
+    else:
+        row_bytes[row_bytes == 0x80] = 0
     values = row_bytes.to(torch.uint8).repeat(rows).view(value_dtype)
     deltas = torch.zeros(rows * 128, dtype=torch.uint8)  # every gap 0: columns 0, 1, ..., 255
     row_indices = torch.arange(rows + 1, dtype=torch.int32) * 256
@@ -210,7 +231,7 @@ def test_multiply_rounds_like_decompress(kernels, route, dtype, value_dtype, gen
     plus zeros); with x = e_c + e_(c + shift), each output is the float32
     sum of two of decompress(A)'s entries rounded to dtype (which scaling
     a row's sum of q instead would not give). decompress(A) itself is
-    q * scale rounded once to dtype and saturated (float64 reference)."""
+    q * scale rounded once to dtype (float64 reference)."""
     A = every_byte_matrix(value_dtype, dtype, gen)
     D = macko_spmv.decompress(A)
     exact = A.values.float().double().view(A.rows, 256) * A.scales.double()[:, None]
@@ -229,7 +250,8 @@ def test_multiply_rounds_like_decompress(kernels, route, dtype, value_dtype, gen
             f"shift {shift}: {len(mismatch)} outputs differ, first at (row, byte) {tuple(mismatch[0].tolist())}: "
             f"multiply {float(y.T[tuple(mismatch[0])])} vs decompress's {float(expected[tuple(mismatch[0])])}")
     # With a bias and a general x, still decompress's product (on the rows
-    # whose sums stay well inside dtype's range: not the saturated ones).
+    # whose sums stay well inside dtype's range: not those of the largest
+    # scales).
     x = random_x((3, 256), dtype, gen, "cpu")
     bias = random_x((A.rows,), dtype, gen, "cpu")
     y = macko_spmv.ops.multiply(*A[:5], x, bias, A.scales)
@@ -431,6 +453,26 @@ def test_checks_of_the_raw_ops(device, value_dtype, gen):
         scales[7] = scale
         with pytest.raises(ValueError, match=f"scales must be finite and >= 0; row 7's scale is {message}"):
             ops.validate(*A[:5], scales)
+    # A scale whose qmax multiple passes the dtype's largest number (every
+    # dequantized value must be finite), and the largest that does not.
+    qmax = QMAX[value_dtype]
+    cap = scale_cap(qmax, torch.float16)
+    scales = A.scales.clone()
+    scales[4] = cap
+    ops.validate(*A[:5], scales)
+    scales[4] = torch.nextafter(torch.tensor(cap, dtype=torch.float16), torch.tensor(float("inf"), dtype=torch.float16))
+    with pytest.raises(ValueError, match=f"row 4's scale .* times {qmax} passes the largest Half"):
+        ops.validate(*A[:5], scales)
+    # The bytes compress never stores: int8's -128, e4m3's NaN encodings.
+    row_indices = A.row_indices.cpu()
+    row = int(torch.nonzero(row_indices[1:] > row_indices[:-1])[-1])  # the last row that stores entries
+    entry = int(row_indices[row])
+    for byte in ((0x80,) if value_dtype == torch.int8 else (0x7F, 0xFF)):
+        values = A.values.clone()
+        values.view(torch.uint8)[entry] = byte
+        expected = "-128, outside the symmetric int8 range" if value_dtype == torch.int8 else "a NaN of float8_e4m3fn"
+        with pytest.raises(ValueError, match=rf"values\[{entry}\] \(row {row}\) is {expected}"):
+            ops.validate(values, *A[1:])
 
 
 def test_poisoned_outputs(device, dtype, value_dtype, gen):

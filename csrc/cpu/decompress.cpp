@@ -3,8 +3,7 @@
 // -fopenmp). Indices into the stream and the dense matrix are int64.
 // 8-bit values come out dequantized: (float)q * (float)scale[row], rounded
 // once to the activation dtype (the product is exact in fp32 for 16-bit
-// scales, so for fp16 and bf16 that one rounding is the only one) and
-// saturated to its finite range (dequantized_max in macko.h says why):
+// scales, so for fp16 and bf16 that one rounding is the only one):
 // cpu::dequantize (stored_values.h), the values that multiply multiplies.
 #include <torch/library.h>
 

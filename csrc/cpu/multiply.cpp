@@ -7,7 +7,7 @@
 // 8-bit values (int8, float8_e4m3fn; docs/FORMAT.md): the same kernels,
 // instantiated for the stored value type beside the activation type of x
 // and y. Each row's values come from a table of the 256 values its bytes
-// stand for (Ops::row_table): q * the row's scale, saturated and rounded
+// stand for (Ops::row_table): q * the row's scale, rounded
 // once to the activation type (cpu::dequantize in stored_values.h, what
 // decompress writes), so that multiply(A, x) is decompress(A)'s product on
 // every route, as on the GPU; the row's fp32 sum is not scaled after.

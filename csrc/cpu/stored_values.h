@@ -51,19 +51,18 @@ inline float byte_to_float(value_t v) {
 // The value that a stored q (as float) of a row of scale `scale` (as
 // float) stands for in the activation type scalar_t: the fp32 product q *
 // scale (exact for 16-bit scales; for fp32 scales rounded once, by this
-// multiplication), saturated to scalar_t's finite range (dequantized_max
-// in macko.h says why; NaN stays NaN), rounded once to scalar_t (nearest
-// even). decompress writes it; the multiply kernels multiply it (each row's
-// table of its 256 bytes' values, Ops::row_table in multiply_kernels.inc:
-// the baseline's built with this function, the vector copies' with the
-// same operations on vector lanes, the rounding that of their output
-// stores). CUDA's streaming kernel and dequantize.cuh compute the same.
+// multiplication), rounded once to scalar_t (nearest even). For a valid
+// matrix it is finite (dequantized_max in macko.h); nothing saturates it,
+// so a NaN or oversized scale of unvalidated arrays gives NaN or Inf here
+// as on the GPU. decompress writes it; the multiply kernels multiply it
+// (each row's table of its 256 bytes' values, Ops::row_table in
+// multiply_kernels.inc: the baseline's built with this function, the
+// vector copies' with the same operations on vector lanes, the rounding
+// that of their output stores). CUDA's streaming kernel and dequantize.cuh
+// compute the same.
 template <typename scalar_t>
 inline scalar_t dequantize(float q, float scale) {
-  const float limit = dequantized_max<scalar_t>();
-  // std::max / std::min return their first argument when the comparison
-  // fails, so a NaN product passes through both.
-  return static_cast<scalar_t>(std::min(std::max(q * scale, -limit), limit));
+  return static_cast<scalar_t>(q * scale);
 }
 
 }  // namespace cpu

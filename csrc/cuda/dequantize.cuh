@@ -4,8 +4,8 @@
 // route with fp32 x. (The streaming kernel dequantizes 8-bit values itself
 // for fp16 and bf16 x, bit for bit the same: multiply.cuh,
 // group_decode.cuh.) Each entry is (float)q * (float)scale[row of the
-// entry], rounded once to the activation dtype and saturated to its finite
-// range (as the CPU's decompress rounds). CUDA-graph safe: no host
+// entry], rounded once to the activation dtype (as the CPU's decompress
+// rounds; finite for a valid matrix, dequantized_max in macko.h). CUDA-graph safe: no host
 // synchronisation, each entry's row comes from a binary search of
 // row_indices. It costs a pass over the values and a 16-bit copy of them
 // (a kernel that dequantizes in place would not).
@@ -35,9 +35,7 @@ inline at::Tensor dequantized_values(const at::Tensor& values, const at::Tensor&
   const at::Tensor entries = at::arange(n, starts.options());
   const at::Tensor row = (at::searchsorted(starts, entries, /*out_int32=*/false, /*right=*/true) - 1).clamp(0, rows - 1);
   const at::Tensor row_scales = scales->to(at::kFloat).index_select(0, row);
-  float limit = 0.0f;
-  MACKO_DISPATCH_VALUE_TYPES(scales->scalar_type(), "macko_dequantized_max", [&] { limit = dequantized_max<scalar_t>(); });
-  return (values.to(at::kFloat) * row_scales).clamp(-limit, limit).to(scales->scalar_type());
+  return (values.to(at::kFloat) * row_scales).to(scales->scalar_type());
 }
 
 }  // namespace cuda

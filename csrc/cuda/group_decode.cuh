@@ -164,44 +164,50 @@ struct GroupValues<int8_t> : GroupBytes {};
 template <>
 struct GroupValues<c10::Float8_e4m3fn> : GroupBytes {};
 
-// A row's scale for dequantizing 8-bit values into the activation type
-// scalar_t (fp16 or bf16): as a float, and (fp16) in both halves of a word.
-template <typename scalar_t>
+// A row's scale for dequantizing 8-bit values of type value_t into the
+// activation type scalar_t (fp16 or bf16): the factor of the exactly
+// converted q, as a float and (fp16) in both halves of a word. e4m3 values
+// convert to q * 2^-8 (below), so their factor is 256 * scale: exact, and
+// finite, since a valid scale is at most largest / 448 (validate).
+template <typename scalar_t, typename value_t>
 struct RowScale {
   float value;
   uint32_t pair;
 
-  __device__ __forceinline__ explicit RowScale(float scale) : value(scale), pair(0) {
+  __device__ __forceinline__ explicit RowScale(float scale)
+      : value(std::is_same_v<value_t, c10::Float8_e4m3fn> ? scale * 256.0f : scale), pair(0) {
     if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-      const __half2 both = __float2half2_rn(scale);  // exact: the scale is stored in fp16
+      const __half2 both = __float2half2_rn(value);  // exact: the scale is stored in fp16
       pair = *reinterpret_cast<const uint32_t*>(&both);
     }
   }
 };
 
 // A group of 8-bit values dequantized into the activation type: entry q of
-// the row stands for q * scale rounded once to scalar_t and saturated to its
-// finite range, bit for bit what decompress gives (csrc/cpu/decompress.cpp,
-// dequantize.cuh), so that every route multiplies the same matrix. Exact
-// steps first: every int8 and every e4m3 value is an fp16 value, and a
-// bf16 one.
+// the row stands for q * scale rounded once to scalar_t, bit for bit what
+// decompress gives (csrc/cpu/decompress.cpp, dequantize.cuh), so that
+// every route multiplies the same matrix. No saturation: for a valid
+// matrix every q * scale is finite (validate), and NaN propagates. Exact
+// steps first, on the integer and fp16 pipes only (no conversion
+// instruction: those issue at a fraction of the rate, NOTES v13r):
 //   int8 -> fp16: with the sign bit flipped a byte is u = q + 128; the half
 //     with bits 0x6400 | u is 1024 + u, so subtracting 1152 gives q (one
 //     byte permutation and one half2 subtraction a pair); then one half2
 //     multiplication by the scale rounds q * scale once.
-//   e4m3 -> fp16: cvt.rn.f16x2.e4m3x2 (sm_89+); before sm_89, by bits: the
-//     exponent and mantissa shifted into fp16's places, times 2^8 for the
-//     exponent bias (7 against 15), subnormals included (e4m3's NaN
-//     bytes, which compress never stores, come out finite on this path).
-//   to bf16: q as a float (int8: 0x4B000000 | u is 2^23 + u; e4m3: through
-//     fp16), times the scale in fp32 (exact: 8 significant bits times 8),
-//     rounded once when packed.
-__device__ __forceinline__ uint32_t saturated_half_pair(uint32_t q_pair, uint32_t scale_pair) {
-  constexpr uint32_t kLargest = 0x7BFF7BFFu, kLowest = 0xFBFFFBFFu;  // +-65504 in both halves
+//   e4m3 -> fp16: q * 2^-8 by bits, every e4m3 value (subnormals too) an
+//     fp16 one: a byte permutation sign-extends each byte into its half
+//     (sign in bit 15, exponent and mantissa in bits 6..0), a shift by 7
+//     moves exponent and mantissa into fp16's places (e4m3's exponent bias
+//     is 7 against fp16's 15: hence 2^-8), and a mask clears the copies of
+//     the sign; then one half2 multiplication by 256 * scale (RowScale)
+//     rounds q * scale once. (e4m3's NaN bytes, which validate refuses,
+//     come out finite.)
+//   to bf16: q as a float (int8: 0x4B000000 | u is 2^23 + u; e4m3: its
+//     fp16 pair widened), times the factor in fp32 (exact: 8 significant
+//     bits times 8), rounded once when packed.
+__device__ __forceinline__ uint32_t scaled_half_pair(uint32_t q_pair, uint32_t scale_pair) {
   uint32_t pair;
   asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(pair) : "r"(q_pair), "r"(scale_pair));
-  asm("min.f16x2 %0, %0, %1;" : "+r"(pair) : "r"(kLargest));
-  asm("max.f16x2 %0, %0, %1;" : "+r"(pair) : "r"(kLowest));
   return pair;
 }
 
@@ -210,32 +216,24 @@ __device__ __forceinline__ uint32_t bf16_pair(float low, float high) {
   return *reinterpret_cast<const uint32_t*>(&pair);
 }
 
-__device__ __forceinline__ uint32_t saturated_bf16_pair(float low, float high, float scale) {
-  constexpr float kLargest = 3.38953139e38f;  // bf16's largest finite value
-  return bf16_pair(fminf(fmaxf(low * scale, -kLargest), kLargest), fminf(fmaxf(high * scale, -kLargest), kLargest));
-}
-
-// Two e4m3 values (the low 16 bits of `bits`) as an exact fp16 pair.
-__device__ __forceinline__ uint32_t e4m3_half_pair(uint32_t bits) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  uint32_t pair;
-  const unsigned short packed = static_cast<unsigned short>(bits);
-  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(pair) : "h"(packed));
-  return pair;
-#else
-  const uint32_t halves = __byte_perm(bits, 0u, 0x4140);  // byte k in half k
-  uint32_t pair = (halves & 0x007F007Fu) << 7;             // exponent and mantissa, unscaled
-  constexpr uint32_t kTwoTo8 = 0x5C005C00u;                // 256.0 in both halves
-  asm("mul.rn.f16x2 %0, %0, %1;" : "+r"(pair) : "r"(kTwoTo8));
-  return pair | ((halves & 0x00800080u) << 8);  // the signs
-#endif
+// Bytes k and k + 1 (k = 0 or 2) of `word`, two e4m3 values, as the fp16
+// pair of their values times 2^-8 (exact).
+template <int k>
+__device__ __forceinline__ uint32_t e4m3_half_pair(uint32_t word) {
+  static_assert(k == 0 || k == 2, "a pair of bytes of a word");
+  // Selector nibbles, low to high: byte k, its sign replicated (bit 3 of a
+  // nibble), byte k + 1, its sign replicated.
+  constexpr uint32_t kSelector = k == 0 ? 0x9180u : 0xB3A2u;
+  uint32_t extended;
+  asm("prmt.b32 %0, %1, 0, %2;" : "=r"(extended) : "r"(word), "n"(kSelector));
+  return (extended << 7) & 0xBF80BF80u;
 }
 
 // kScaled false (an experiment variant of the streaming kernel, whose row
-// sums are scaled instead): q itself, converted exactly.
+// sums are scaled instead): q itself (e4m3: q * 2^-8), converted exactly.
 template <typename scalar_t, bool kScaled = true>
 __device__ __forceinline__ GroupValues<scalar_t> dequantized(const GroupValues<int8_t>& group,
-                                                            const RowScale<scalar_t>& scale) {
+                                                            const RowScale<scalar_t, int8_t>& scale) {
   static_assert(sizeof(scalar_t) == 2, "8-bit values dequantize into fp16 or bf16");
   GroupValues<scalar_t> out;
   uint32_t* pairs = &out.words[0].x;
@@ -248,12 +246,12 @@ __device__ __forceinline__ GroupValues<scalar_t> dequantized(const GroupValues<i
       constexpr uint32_t kOffset = 0x64806480u;  // 1152.0 in both halves
       uint32_t q = __byte_perm(biased, 0x64646464u, 0x4040 + k + ((k + 1) << 8));
       asm("sub.f16x2 %0, %0, %1;" : "+r"(q) : "r"(kOffset));
-      pairs[p] = kScaled ? saturated_half_pair(q, scale.pair) : q;
+      pairs[p] = kScaled ? scaled_half_pair(q, scale.pair) : q;
     } else {
       constexpr float kOffset = 8388736.0f;  // 2^23 + 128
       const float low = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440 + k)) - kOffset;
       const float high = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440 + k + 1)) - kOffset;
-      pairs[p] = kScaled ? saturated_bf16_pair(low, high, scale.value) : bf16_pair(low, high);
+      pairs[p] = kScaled ? bf16_pair(low * scale.value, high * scale.value) : bf16_pair(low, high);
     }
   }
   return out;
@@ -261,18 +259,20 @@ __device__ __forceinline__ GroupValues<scalar_t> dequantized(const GroupValues<i
 
 template <typename scalar_t, bool kScaled = true>
 __device__ __forceinline__ GroupValues<scalar_t> dequantized(const GroupValues<c10::Float8_e4m3fn>& group,
-                                                            const RowScale<scalar_t>& scale) {
+                                                            const RowScale<scalar_t, c10::Float8_e4m3fn>& scale) {
   static_assert(sizeof(scalar_t) == 2, "8-bit values dequantize into fp16 or bf16");
   GroupValues<scalar_t> out;
   uint32_t* pairs = &out.words[0].x;
+  const uint32_t q_pairs[4] = {e4m3_half_pair<0>(group.word.x), e4m3_half_pair<2>(group.word.x),
+                               e4m3_half_pair<0>(group.word.y), e4m3_half_pair<2>(group.word.y)};
 #pragma unroll
   for (int p = 0; p < 4; ++p) {
-    const uint32_t q = e4m3_half_pair((p < 2 ? group.word.x : group.word.y) >> (16 * (p % 2)));
+    const uint32_t q = q_pairs[p];
     if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-      pairs[p] = kScaled ? saturated_half_pair(q, scale.pair) : q;
+      pairs[p] = kScaled ? scaled_half_pair(q, scale.pair) : q;
     } else {
       const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&q));
-      pairs[p] = kScaled ? saturated_bf16_pair(f.x, f.y, scale.value) : bf16_pair(f.x, f.y);
+      pairs[p] = kScaled ? bf16_pair(f.x * scale.value, f.y * scale.value) : bf16_pair(f.x, f.y);
     }
   }
   return out;
@@ -329,32 +329,45 @@ __device__ __forceinline__ unsigned byte_at(uint32_t word) {
   return __byte_perm(word, 0u, 0x4440u + k);
 }
 
-// Base columns of kGroups (1 or 2) consecutive warp steps from the lanes'
-// total steps, with one warp scan: the two totals (each at most 128, so the
-// warp's at most 4096) share one 32-bit word. `prev_col` (warp-uniform, -1
-// at a row's start) moves past both steps. Columns are unsigned so that a
+// Base columns of kGroups (1, 2 or 4) consecutive warp steps from the
+// lanes' total steps, with one warp scan per two steps: two totals (each at
+// most 128, so the warp's at most 4096) share one 32-bit word, and the
+// scans of two words run side by side. `prev_col` (warp-uniform, -1 at a
+// row's start) moves past all the steps. Columns are unsigned so that a
 // corrupted stream's columns wrap around (defined) instead of overflowing;
 // the kernels clamp or test every column before using it.
 template <int kGroups>
 __device__ __forceinline__ void warp_group_bases(const uint32_t (&totals)[kGroups], int lane,
                                                  unsigned& prev_col, unsigned (&base)[kGroups]) {
-  static_assert(kGroups == 1 || kGroups == 2, "one or two groups per scan");
-  uint32_t packed = totals[0];
-  if constexpr (kGroups == 2) packed |= totals[1] << 16;
-  uint32_t inclusive = packed;
+  static_assert(kGroups == 1 || kGroups == 2 || kGroups == 4, "one, two or four groups per scan");
+  constexpr int kWords = kGroups == 4 ? 2 : 1;
+  uint32_t packed[kWords], inclusive[kWords];
+#pragma unroll
+  for (int w = 0; w < kWords; ++w) {
+    packed[w] = totals[2 * w];
+    if constexpr (kGroups >= 2) packed[w] |= totals[2 * w + 1] << 16;
+    inclusive[w] = packed[w];
+  }
 #pragma unroll
   for (int offset = 1; offset < kWarpSize; offset <<= 1) {
-    const uint32_t other = __shfl_up_sync(kFullMask, inclusive, offset);
-    if (lane >= offset) inclusive += other;
+#pragma unroll
+    for (int w = 0; w < kWords; ++w) {
+      const uint32_t other = __shfl_up_sync(kFullMask, inclusive[w], offset);
+      if (lane >= offset) inclusive[w] += other;
+    }
   }
-  const uint32_t warp_total = __shfl_sync(kFullMask, inclusive, kWarpSize - 1);
-  const uint32_t exclusive = inclusive - packed;
-  base[0] = prev_col + (exclusive & 0xFFFFu);
-  if constexpr (kGroups == 2) {
-    base[1] = prev_col + (warp_total & 0xFFFFu) + (exclusive >> 16);
-    prev_col += (warp_total & 0xFFFFu) + (warp_total >> 16);
-  } else {
-    prev_col += warp_total;
+#pragma unroll
+  for (int w = 0; w < kWords; ++w) {
+    const uint32_t warp_total = __shfl_sync(kFullMask, inclusive[w], kWarpSize - 1);
+    const uint32_t exclusive = inclusive[w] - packed[w];
+    if constexpr (kGroups == 1) {
+      base[0] = prev_col + exclusive;
+      prev_col += warp_total;
+    } else {
+      base[2 * w] = prev_col + (exclusive & 0xFFFFu);
+      base[2 * w + 1] = prev_col + (warp_total & 0xFFFFu) + (exclusive >> 16);
+      prev_col += (warp_total & 0xFFFFu) + (warp_total >> 16);
+    }
   }
 }
 
