@@ -23,7 +23,12 @@ Run it as ``python -m macko_spmv e2e``; ``--help`` lists the options. Needs
   are no activations) and are then converted with ``sparsify``. A pruned
   model kept dense would cost what "dense" costs (cuBLAS does not skip
   zeros), so it is not timed; ``--check`` compares its logits with the
-  MACKO model's.
+  MACKO model's. ``--values`` (default "same") picks what the converted
+  layers store, one variant per density and value type: "same" (values
+  in ``--dtype``; variant "macko", label macko-d<density>), int8 or
+  float8_e4m3fn (sparsify's ``value_dtype``: 8-bit values with one scale
+  per output row, activations still in ``--dtype``; variant
+  "macko-<values>", label macko-d<density>-<values>).
 - Memory: one model lives on the device at a time. Each variant builds its
   model afresh from the seed, prunes it in place, converts it (the dense
   weights of a layer are freed as sparsify replaces it), measures, and is
@@ -61,15 +66,24 @@ Run it as ``python -m macko_spmv e2e``; ``--help`` lists the options. Needs
   from after the conversion through compile, warm-up and the timed runs
   (weights, KV caches, activations, CUDA graph pools); ``peak_variant_bytes``
   also covers building and converting (for a sparse variant that includes
-  the dense model it came from). ``weight_bytes`` is the bytes of the
-  model's parameters and buffers.
+  the dense model it came from), but not the dense copy that ``--check``
+  makes of an 8-bit variant (the peak is read before that copy is made and
+  the statistics are reset once it is freed). ``weight_bytes`` is the bytes
+  of the model's parameters and buffers; ``decoder_linear_bytes`` those of
+  the decoder linear layers' weights (compressed, for MACKO: scales
+  included).
 
 ``--check`` compares logits at every position of ``--check-prompts``
 random prompts of ``--check-prompt-len`` tokens: (1) the MACKO model's full
 forward (eager) against the pruned model's before conversion, and (2) the
 timed decode path (the batch-1 compiled step, token by token through the
 static cache, teacher-forced) against the same reference; for "dense" only
-(2), against its own eager forward. The error is max|a - b| / max|a| over
+(2), against its own eager forward. With 8-bit values the quantization
+changes the weights, so the reference is the model with the dequantized
+weights instead: after conversion (and the MACKO model's logits) the
+model is densified (its nn.Linear layers then hold decompress's weights
+exactly, no requantizing), the reference logits computed, and the
+MackoLinear modules put back. The error is max|a - b| / max|a| over
 all logits; the limits are 1e-4 in float32 and 1e-2 in float16/bfloat16.
 ``--profile`` records ``--profile-steps`` batch-1 decode steps with
 torch.profiler and writes the share of GPU time in MACKO multiply kernels,
@@ -95,8 +109,9 @@ import torch
 from torch import nn
 
 import macko_spmv
+from macko_spmv.nn import _replace
 
-from . import plots, records, tables
+from . import plots, records, spmv, tables
 from .matrices import derived_seed, seeded_generator
 from .timing import synchronize, wall_clock
 
@@ -215,12 +230,14 @@ def prune_decoder_(model, density):
     return len(report.pruned)
 
 
-def convert(model, progress=False):
+def convert(model, progress=False, value_dtype=None):
     """sparsify restricted to the decoder linear layers, every one of them
-    whatever its sparsity; checks that each was converted. Returns the bytes
-    of the converted layers' compressed weights."""
+    whatever its sparsity, with sparsify's ``value_dtype`` (None, or
+    torch.int8 / torch.float8_e4m3fn for 8-bit values); checks that each was
+    converted. Returns the bytes of the converted layers' compressed weights."""
     names = decoder_linear_names(model)
-    macko_spmv.sparsify(model, min_sparsity=0.0, include=DECODER_LINEAR, progress=progress, verbose=False)
+    macko_spmv.sparsify(model, min_sparsity=0.0, include=DECODER_LINEAR, progress=progress, verbose=False,
+                        value_dtype=value_dtype)  # fmt: skip
     layers = [model.get_submodule(name) for name in names]
     missed = [name for name, layer in zip(names, layers) if not isinstance(layer, macko_spmv.MackoLinear)]
     if missed:
@@ -411,10 +428,28 @@ def check_prompts(config, count, length, device, seed):
     return [random_tokens(1, length, config.vocab_size, device, seed, "check", index) for index in range(count)]
 
 
+def dequantized_reference_logits(model, prompts):
+    """The check's reference for a model converted with 8-bit values, whose
+    quantization changed the weights: the full-forward logits of each prompt
+    with every MackoLinear replaced by an nn.Linear of the weight it
+    multiplies (densify: exactly decompress's dequantized weight; nothing
+    is quantized again). The same MackoLinear modules are then put back in
+    place, and the dense copies are freed on return."""
+    macko_layers = [(name, module) for name, module in model.named_modules(remove_duplicate=False)
+                    if isinstance(module, macko_spmv.MackoLinear)]  # fmt: skip
+    macko_spmv.densify(model)
+    try:
+        return [full_forward_logits(model, prompt) for prompt in prompts]
+    finally:
+        for name, module in macko_layers:
+            _replace(model, name, module)
+
+
 @dataclasses.dataclass
 class CheckResult:
     """Logits of the MACKO model against those of the same pruned weights
-    kept dense; errors are max|a - b| / max|a| (NaN where not measured)."""
+    kept dense (dequantized, for 8-bit values); errors are max|a - b| /
+    max|a| (NaN where not measured)."""
 
     density: float
     forward_error: float  # MACKO full forward (eager) vs dense pruned full forward
@@ -601,14 +636,28 @@ PROFILE_COLUMNS = {
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """"dense" (density 1, unpruned nn.Linear) or "macko" at a density."""
+    """"dense" (density 1, unpruned nn.Linear) or "macko" at a density, its
+    values stored as ``values`` says (a key of spmv.VALUE_DTYPES: "same",
+    the model's dtype, or 8-bit "int8" / "float8_e4m3fn")."""
 
     kind: str
     density: float
+    values: str = "same"
+
+    @property
+    def name(self):
+        """The CSV's variant column: dense, macko, macko-int8, ..."""
+        return tables.e2e_variant_name(self.kind, self.values)
 
     @property
     def label(self):
-        return "dense" if self.kind == "dense" else f"macko-d{self.density:g}"
+        """The name with the density, for file names: dense, macko-d0.5, macko-d0.5-int8, ..."""
+        return "dense" if self.kind == "dense" else tables.e2e_variant_name(f"{self.kind}-d{self.density:g}",
+                                                                            self.values)  # fmt: skip
+
+    @property
+    def value_dtype(self):
+        return spmv.VALUE_DTYPES[self.values]
 
 
 def scenarios(batches, prompt_lens):
@@ -659,7 +708,7 @@ def run_variant(args, variant, config, device, dtype, env, out_dir, stage=lambda
 
 def _measure_variant(args, variant, config, device, dtype, env, out_dir, stage):
     nan = math.nan
-    common = {**env, "config": args.config, "dtype": args.dtype, "variant": variant.kind,
+    common = {**env, "config": args.config, "dtype": args.dtype, "variant": variant.name,
               "density": variant.density, "pruned": int(variant.kind != "dense"), "new_tokens": args.new_tokens,
               "runs": args.runs, "compile": (args.compile_mode if args.compile_backend == "inductor"
                                              else args.compile_backend) if args.compile else "none"}  # fmt: skip
@@ -674,6 +723,7 @@ def _measure_variant(args, variant, config, device, dtype, env, out_dir, stage):
     check_tokens = (check_prompts(config, args.check_prompts, args.check_prompt_len, device, args.seed)
                     if args.check else [])  # fmt: skip
     references = []
+    peak_before_check_copy = 0  # see "reference logits" below
     if variant.kind == "dense":
         common.update(prune_s=0.0, conversion_s=0.0, converted_layers=0)
         if args.check:
@@ -683,19 +733,30 @@ def _measure_variant(args, variant, config, device, dtype, env, out_dir, stage):
     else:
         stage("prune")
         pruned_layers, common["prune_s"] = wall_clock(device, prune_decoder_, model, variant.density)
-        if args.check:
-            stage("reference logits")
+        if args.check and variant.value_dtype is None:
+            stage("reference logits")  # the pruned weights are what the conversion stores
             references = [full_forward_logits(model, prompt) for prompt in check_tokens]
         stage("convert")
-        common["decoder_linear_bytes"], common["conversion_s"] = wall_clock(device, convert, model, False)
+        common["decoder_linear_bytes"], common["conversion_s"] = wall_clock(device, convert, model, False,
+                                                                            variant.value_dtype)  # fmt: skip
         common["converted_layers"] = pruned_layers  # convert raises unless it converted every one
         if args.check:
             stage("check forward")
-            common["check_forward_err"] = max(relative_error(ref, full_forward_logits(model, prompt))
-                                              for ref, prompt in zip(references, check_tokens))  # fmt: skip
+            macko_logits = [full_forward_logits(model, prompt) for prompt in check_tokens]
+            if variant.value_dtype is not None:
+                stage("reference logits")
+                # The dense copy of the weights is the check's, not the
+                # variant's: its memory is kept out of peak_variant_bytes.
+                if on_gpu:
+                    peak_before_check_copy = torch.cuda.max_memory_allocated(device)
+                references = dequantized_reference_logits(model, check_tokens)
+                if on_gpu:
+                    torch.cuda.reset_peak_memory_stats(device)
+            common["check_forward_err"] = max(relative_error(ref, logits)
+                                              for ref, logits in zip(references, macko_logits))  # fmt: skip
     common["weight_bytes"] = model_bytes(model)
     if on_gpu:
-        common["peak_variant_bytes"] = torch.cuda.max_memory_allocated(device)
+        common["peak_variant_bytes"] = max(peak_before_check_copy, torch.cuda.max_memory_allocated(device))
         torch.cuda.reset_peak_memory_stats(device)
 
     plan = scenarios(args.batches, args.prompt_lens)
@@ -799,6 +860,10 @@ def build_parser():
                         help="weights and activations (default float16 on cuda, float32 on cpu)")
     parser.add_argument("--densities", type=parse_densities, default=list(DEFAULT_DENSITIES),
                         help="comma-separated fractions of weights kept per row (default 0.5,0.1)")
+    parser.add_argument("--values", type=spmv.parse_values, default=["same"],
+                        help="comma-separated values the MACKO layers store, a variant each per density: same (in "
+                        "--dtype; variant macko), int8, float8_e4m3fn (8-bit values with a scale per output row, "
+                        "sparsify's value_dtype; variant macko-<values>) (default: same)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense (unpruned) variant")
     parser.add_argument("--prompt-lens", type=parse_positive_ints, default=list(DEFAULT_PROMPT_LENS),
                         help="comma-separated prompt lengths in tokens, each at batch 1 (default 128,512,2048)")
@@ -820,7 +885,8 @@ def build_parser():
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend (default inductor; 'eager' traces without code generation)")
     parser.add_argument("--check", action="store_true",
-                        help="compare logits of the MACKO model and the dense pruned model (and of the decode path)")
+                        help="compare logits of the MACKO model and the dense pruned model (with 8-bit values: "
+                        "the dense model of the dequantized weights) (and of the decode path)")
     parser.add_argument("--check-prompts", type=positive_int, default=2, help="random prompts for --check")
     parser.add_argument("--check-prompt-len", type=positive_int, default=32, help="tokens per --check prompt")
     parser.add_argument("--check-tolerance", type=float, default=None,
@@ -873,7 +939,8 @@ def main(argv=None):
     out_dir = args.out or records.default_out_dir("e2e-", env)
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, "meta.json")
-    variants = ([] if args.no_dense else [Variant("dense", 1.0)]) + [Variant("macko", d) for d in args.densities]
+    variants = ([] if args.no_dense else [Variant("dense", 1.0)]) + [
+        Variant("macko", density, values) for density in args.densities for values in args.values]
     if not variants:
         raise SystemExit("nothing to run: --no-dense and no densities")
 
@@ -891,7 +958,7 @@ def main(argv=None):
         "batches": args.batches, "scenarios": scenarios(args.batches, args.prompt_lens),
         "cache_per_prompt": args.cache_per_prompt, "seed": args.seed, "compile": args.compile,
         "compile_mode": args.compile_mode, "compile_backend": args.compile_backend, "check": args.check,
-        "profile": args.profile,
+        "profile": args.profile, "values": args.values,
     })  # fmt: skip
     for key in ("gpu", "torch", "transformers"):
         if meta[key] != env[key]:

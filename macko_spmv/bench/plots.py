@@ -180,10 +180,11 @@ def plot_spmv(results_dir):
 def plot_e2e(results_dir):
     """Writes DIR/summary.md and draws, from DIR/results.csv:
     e2e_tokens_per_s.png (decode tokens/s against density, a line per batch
-    and prompt, dense as dashed lines), e2e_prefill.png (time to first token
-    against prompt length, a line per variant), e2e_total.png (prompt + new
-    tokens against prompt length) and e2e_memory.png (peak memory and
-    weights against density). Returns the paths written."""
+    and prompt and MACKO variant (a marker per value type), dense as dashed
+    lines), e2e_prefill.png (time to first token against prompt length, a
+    line per variant), e2e_total.png (prompt + new tokens against prompt
+    length) and e2e_memory.png (peak memory and weights against density, a
+    line per MACKO variant). Returns the paths written."""
     written = [tables.write_e2e_summary(results_dir)]
     tools = figure_tools()
     results = tables.read_e2e_results(results_dir)
@@ -191,6 +192,9 @@ def plot_e2e(results_dir):
         return written
     first = results[0]
     settings = unique((row["config"], row["dtype"], row["compile"]) for row in results)
+    # The MACKO variants (macko, macko-int8, ...), each with a marker of its own.
+    macko_variants = unique(row["variant"] for row in results if row["variant"] != "dense")
+    markers = {variant: "os^vD"[index % 5] for index, variant in enumerate(macko_variants)}
 
     def setting_of(row):
         return (row["config"], row["dtype"], row["compile"])
@@ -198,6 +202,11 @@ def plot_e2e(results_dir):
     def setting_label(setting):
         config, dtype, compile_mode = setting
         return f"{config} {dtype}, compile: {compile_mode}" if len(settings) > 1 else ""
+
+    def macko_label(variant, setting):
+        """A MACKO variant by what its layers store: "MACKO float16", "MACKO int8", ..."""
+        values = tables.e2e_variant_values(variant)
+        return f"MACKO {setting[1] if values == 'same' else values}"
 
     def caption(figure):
         set_caption(figure, f"{first['gpu']}, torch {first['torch']}, CUDA {first['cuda']}, transformers "
@@ -213,13 +222,15 @@ def plot_e2e(results_dir):
         rows = [row for row in results if setting_of(row) == setting and row["batch"] == batch
                 and row["prompt_len"] == prompt_len]  # fmt: skip
         name = f"batch {batch:.0f}, prompt {prompt_len:.0f} {setting_label(setting)}".rstrip()
-        sparse = finite_points(sorted((row["density"], row["tokens_per_s"], row["speedup_tokens"])
-                                      for row in rows if row["variant"] == "macko"))  # fmt: skip
-        if sparse:
-            axis.plot([p[0] for p in sparse], [p[1] for p in sparse], "o-", color=color, label=f"MACKO, {name}")
-            for density, rate, speedup in sparse:
-                axis.annotate(f"{speedup:.2f}x", (density, rate), textcoords="offset points", xytext=(4, 6),
-                              fontsize=7, color=color)  # fmt: skip
+        for variant in macko_variants:
+            sparse = finite_points(sorted((row["density"], row["tokens_per_s"], row["speedup_tokens"])
+                                          for row in rows if row["variant"] == variant))  # fmt: skip
+            if sparse:
+                axis.plot([p[0] for p in sparse], [p[1] for p in sparse], "-", marker=markers[variant], color=color,
+                          label=f"{macko_label(variant, setting)}, {name}")  # fmt: skip
+                for density, rate, speedup in sparse:
+                    axis.annotate(f"{speedup:.2f}x", (density, rate), textcoords="offset points", xytext=(4, 6),
+                                  fontsize=7, color=color)  # fmt: skip
         for row in rows:
             if row["variant"] == "dense" and math.isfinite(row["tokens_per_s"]):
                 axis.axhline(row["tokens_per_s"], color=color, linestyle="--", label=f"dense, {name}")
@@ -246,8 +257,8 @@ def plot_e2e(results_dir):
                     (row["prompt_len"], row[column]) for row in rows
                     if row["batch"] == batch and row["variant"] == variant and row["density"] == density))
                 if points:
-                    label = "dense" if variant == "dense" else f"MACKO d={density:g}"
-                    style = ("ko--",) if variant == "dense" else ("o-",)
+                    label = "dense" if variant == "dense" else f"{macko_label(variant, setting)} d={density:g}"
+                    style = ("ko--",) if variant == "dense" else (f"{markers[variant]}-",)
                     color = {} if variant == "dense" else {"color": f"C{index % 10}"}
                     axis.plot(*zip(*points), *style, label=f"{label} {setting_label(setting)}".rstrip(), **color)
                     drawn = True
@@ -269,11 +280,14 @@ def plot_e2e(results_dir):
         by_variant = {}
         for row in rows:
             by_variant.setdefault((row["variant"], row["density"]), row)
-        for column, style, what in (("peak_decode_bytes", "o-", "peak"), ("weight_bytes", "s:", "weights")):
-            sparse = finite_points(sorted((density, tables.gib(row[column]))
-                                          for (variant, density), row in by_variant.items() if variant == "macko"))
-            if sparse:
-                axis.plot(*zip(*sparse), style, color=color, label=f"MACKO {what} {setting_label(setting)}".rstrip())
+        for column, linestyle, what in (("peak_decode_bytes", "-", "peak"), ("weight_bytes", ":", "weights")):
+            for macko_variant in macko_variants:
+                sparse = finite_points(sorted((density, tables.gib(row[column]))
+                                              for (variant, density), row in by_variant.items()
+                                              if variant == macko_variant))  # fmt: skip
+                if sparse:
+                    axis.plot(*zip(*sparse), linestyle=linestyle, marker=markers[macko_variant], color=color,
+                              label=f"{macko_label(macko_variant, setting)} {what} {setting_label(setting)}".rstrip())
             for (variant, _), row in by_variant.items():
                 if variant == "dense" and math.isfinite(row[column]):
                     axis.axhline(tables.gib(row[column]), color=color, linestyle="--" if what == "peak" else ":",

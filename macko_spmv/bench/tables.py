@@ -346,6 +346,18 @@ E2E_COLUMNS = (
 E2E_TEXT_COLUMNS = {"gpu", "torch", "cuda", "transformers", "date", "config", "dtype", "variant", "compile"}
 
 
+def e2e_variant_name(kind, values):
+    """The variant column: "dense", "macko" (values in the model's dtype,
+    ``values`` "same": what every run before --values wrote), or
+    "macko-<values>" for 8-bit values, e.g. "macko-int8"."""
+    return kind if values == "same" else f"{kind}-{values}"
+
+
+def e2e_variant_values(variant):
+    """The --values of a variant column's name: "same", "int8", ..."""
+    return variant.partition("-")[2] or "same"
+
+
 def read_e2e_results(results_dir):
     """The rows of DIR/results.csv of the end-to-end benchmark, each with
     its speedups over the dense row of its scenario (see e2e_scenario)."""
@@ -411,7 +423,8 @@ def write_e2e_summary(results_dir):
         "same batch and prompt over this row's time (for tok/s: this row's rate over dense). peak = "
         "torch.cuda.max_memory_allocated during compile, warm-up and timed decoding; dense = the unpruned "
         "model; macko = decoder linear layers pruned per row to the density and converted with sparsify "
-        "(lm_head and embeddings dense).",
+        "(lm_head and embeddings dense); macko-int8, macko-float8_e4m3fn = the same with 8-bit values, one "
+        "scale per output row (--values).",
         "",
         markdown_table(with_data(E2E_TABLE, results), results),
     ]

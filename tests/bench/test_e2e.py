@@ -5,7 +5,9 @@ of exactly the decoder linear layers, generation with a static KV cache at
 batch 1 and above (eager, and traced by dynamo with fullgraph=True), logits
 of the MACKO model against the dense pruned model (fp32, <= 1e-4), and a
 tiny benchmark run's CSV (a row per variant and scenario: time to first
-token, decode tokens/s, total time), meta.json, plots and profile report.
+token, decode tokens/s, total time), meta.json, plots and profile report;
+a run with 8-bit values (--values same,int8), its check against the model
+of the dequantized weights.
 With a GPU: the same check in fp16 (<= 1e-2) with the decode step under
 torch.compile(mode="reduce-overhead") (CUDA graphs), and a tiny GPU run
 with the profiler.
@@ -24,7 +26,7 @@ import macko_spmv
 from conftest import requires_cuda
 
 pytest.importorskip("transformers")
-from macko_spmv.bench import e2e, tables  # noqa: E402
+from macko_spmv.bench import e2e, spmv, tables  # noqa: E402
 
 TINY_RUN = [
     "--config", "tiny",
@@ -42,12 +44,35 @@ TINY_RUN = [
     "--no-progress",
 ]  # fmt: skip
 SCENARIOS = [(1, 5), (1, 9), (3, 5)]
+# One scenario, with the check, at density 0.5 with values in the model's
+# dtype and 8-bit ones.
+EIGHT_BIT_RUN = [
+    "--config", "tiny",
+    "--device", "cpu",
+    "--densities", "0.5",
+    "--values", "same,int8",
+    "--prompt-lens", "5",
+    "--batches", "1",
+    "--runs", "1",
+    "--new-tokens", "3",
+    "--no-compile",
+    "--check",
+    "--check-prompt-len", "8",
+    "--no-progress",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
     assert e2e.main([*TINY_RUN, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def eight_bit_results_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e-8bit")
+    assert e2e.main([*EIGHT_BIT_RUN, "--out", str(out)]) == 0
     return out
 
 
@@ -321,6 +346,82 @@ def test_append_adds_rows_to_an_earlier_run(results_dir, tmp_path):
         assert len(json.load(file)["commands"]) == 2
 
 
+def test_variant_names_and_labels():
+    variants = (e2e.Variant("dense", 1.0), e2e.Variant("macko", 0.5), e2e.Variant("macko", 0.1, "float8_e4m3fn"))
+    assert [(variant.name, variant.label, variant.value_dtype) for variant in variants] == [
+        ("dense", "dense", None), ("macko", "macko-d0.5", None),
+        ("macko-float8_e4m3fn", "macko-d0.1-float8_e4m3fn", torch.float8_e4m3fn)]  # fmt: skip
+    for values in spmv.VALUE_DTYPES:
+        assert tables.e2e_variant_values(e2e.Variant("macko", 0.5, values).name) == values
+    assert tables.e2e_variant_values("dense") == "same"
+
+
+def test_dequantized_reference_puts_the_macko_layers_back():
+    config = e2e.make_config("tiny")
+    model = e2e.build_model(config, "cpu", torch.float32, seed=0)
+    e2e.prune_decoder_(model, 0.5)
+    e2e.convert(model, value_dtype=torch.int8)
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, macko_spmv.MackoLinear)}
+    assert len(layers) == e2e.LINEARS_PER_LAYER * config.num_hidden_layers
+    prompts = e2e.check_prompts(config, 2, 6, "cpu", 0)
+    references = e2e.dequantized_reference_logits(model, prompts)
+    assert {name: model.get_submodule(name) for name in layers} == layers  # the same modules, in place
+    assert not e2e.decoder_linear_names(model)  # no nn.Linear left in the decoder
+    for reference, prompt in zip(references, prompts):
+        assert reference.shape == (6, config.vocab_size)
+        assert e2e.relative_error(reference, e2e.full_forward_logits(model, prompt)) <= 1e-4
+
+
+def test_8bit_values_are_checked_against_the_dequantized_model(eight_bit_results_dir):
+    rows = read_csv(eight_bit_results_dir)
+    assert [(row["variant"], float(row["density"])) for row in rows] == [("dense", 1.0), ("macko", 0.5),
+                                                                         ("macko-int8", 0.5)]  # fmt: skip
+    dense, macko, int8 = rows
+    for row in rows:
+        assert int(row["check_passed"]) == 1 and float(row["check_tolerance"]) == 1e-4
+        assert float(row["check_decode_err"]) <= 1e-4
+    for row in (macko, int8):
+        assert float(row["check_forward_err"]) <= 1e-4 and int(row["converted_layers"]) == 14
+    assert float(int8["decoder_linear_bytes"]) < float(macko["decoder_linear_bytes"])
+    assert float(int8["weight_bytes"]) < float(macko["weight_bytes"]) < float(dense["weight_bytes"])
+    with open(eight_bit_results_dir / "meta.json") as file:
+        settings = json.load(file)["settings"][0]
+    assert settings["values"] == ["same", "int8"]
+    assert settings["variants"] == ["dense", "macko-d0.5", "macko-d0.5-int8"]
+    results = tables.read_e2e_results(eight_bit_results_dir)
+    assert math.isfinite(results[2]["speedup_tokens"]) and math.isfinite(results[2]["speedup_total"])
+    assert "macko-int8" in tables.e2e_report(results)
+    assert "| macko-int8 |" in (eight_bit_results_dir / "summary.md").read_text()
+
+
+def test_the_8bit_check_fails_against_the_pruned_weights(monkeypatch, tmp_path):
+    """The check above can fail: int8 values are a few 1e-3 off the pruned
+    weights' logits in float32, far over the tolerance, so a reference
+    taken from the pruned (unquantized) model fails it."""
+    config = e2e.make_config("tiny")
+
+    def pruned_model_logits(model, prompts):
+        pruned = e2e.build_model(config, "cpu", torch.float32, seed=0)
+        e2e.prune_decoder_(pruned, 0.5)
+        return [e2e.full_forward_logits(pruned, prompt) for prompt in prompts]
+
+    monkeypatch.setattr(e2e, "dequantized_reference_logits", pruned_model_logits)
+    # The later --values wins: the int8 variant alone.
+    assert e2e.main([*EIGHT_BIT_RUN, "--values", "int8", "--no-dense", "--no-plot", "--out", str(tmp_path)]) == 1
+    (row,) = read_csv(tmp_path)
+    assert row["variant"] == "macko-int8" and int(row["check_passed"]) == 0
+    assert float(row["check_forward_err"]) > 1e-3 and float(row["check_decode_err"]) > 1e-3
+
+
+def test_plots_with_8bit_rows(eight_bit_results_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    shutil.copy(eight_bit_results_dir / "results.csv", tmp_path / "results.csv")
+    assert e2e.main(["--plot-only", str(tmp_path)]) == 0
+    for name in ("e2e_tokens_per_s.png", "e2e_prefill.png", "e2e_total.png", "e2e_memory.png", "summary.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "| macko-int8 |" in (tmp_path / "summary.md").read_text()
+
+
 def test_each_variant_frees_its_model_before_the_next(monkeypatch, tmp_path):
     """No reference to a variant's model outlives run_variant (a decoder
     left in a local name kept the dense model allocated while the sparse
@@ -378,7 +479,7 @@ def test_kernel_breakdown_splits_the_window():
 
 def test_cli_rejects_bad_arguments():
     for bad in (["--densities", "0"], ["--densities", "1.5"], ["--config", "llama3"], ["--runs", "0"],
-                ["--prompt-lens", "0"], ["--batches", "1,x"],
+                ["--prompt-lens", "0"], ["--batches", "1,x"], ["--values", "int4"],
                 ["--config", "tiny", "--prompt-lens", "600"]):  # tiny has 512 positions  # fmt: skip
         with pytest.raises(SystemExit):
             e2e.main([*bad, "--device", "cpu"])
