@@ -2,7 +2,7 @@
 against the same walk cut short, in one run with cuBLAS beside it.
 
     python benchmarks/experiments/stream_ablation.py [--shapes 8192x8192,...] [--densities 0.5,0.1]
-        [--values same,int8,float8_e4m3fn] [--steps 2,4] [--out FILE.csv]
+        [--values same,int8,float8_e4m3fn] [--out FILE.csv]
 
 Variants (MACKO_STREAM_VARIANT, read at launch, csrc/cuda/multiply.cuh):
 "product" (the library's kernel), "decode" (each stage's ring loads, the
@@ -10,9 +10,7 @@ decode of the gaps and the warp scan, but no gathers of x and no mma) and
 "ring" (the ring loads only); with 8-bit values (--values int8 or
 float8_e4m3fn, x fp16) also "sums" (each group converted exactly, each
 row's fp32 sum times its scale, instead of every entry rounded to q *
-scale). --steps 4 also times the 8-bit kernels with stages of 4 warp
-steps instead of 2 (MACKO_STREAM_STEPS=4, at most 768 threads a block),
-every variant; its product is checked too. The cut variants' outputs are not the library's products, so
+scale). The cut variants' outputs are not the library's products, so
 nothing is checked against float64 here; the product is checked once per
 case, against decompress's matrix. Timings as in ``python -m macko_spmv bench``: L2 flushed before
 each call, and back to back in a CUDA graph (time per call), medians.
@@ -37,8 +35,6 @@ def main(argv=None):
                         default=[(4096, 4096), (11008, 4096), (8192, 8192), (28672, 8192)])
     parser.add_argument("--densities", type=spmv.parse_densities, default=[1.0, 0.5, 0.1])
     parser.add_argument("--values", type=spmv.parse_values, default=["same"])
-    parser.add_argument("--steps", type=lambda s: [int(v) for v in s.split(",")], default=[2],
-                        help="stage lengths for 8-bit values: 2 (the library's) and/or 4")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", help="also write the rows to this CSV file")
     args = parser.parse_args(argv)
@@ -46,7 +42,7 @@ def main(argv=None):
     flushed = timing.FlushedCudaTimer(device, args.repeats, 5)
     graph = timing.BackToBackTimer(device)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, macko_spmv {macko_spmv.__version__}")
-    fields = ["shape", "density", "values", "steps", "variant", "flushed_us", "graph_us", "cublas_flushed_us", "cublas_graph_us"]
+    fields = ["shape", "density", "values", "variant", "flushed_us", "graph_us", "cublas_flushed_us", "cublas_graph_us"]
     rows = []
     print(",".join(fields))
     for n_rows, n_cols in args.shapes:
@@ -61,22 +57,15 @@ def main(argv=None):
                 W_stored = macko_spmv.decompress(A)
                 matrices.check_product(macko_spmv.multiply(A, x).cpu(),
                                        *matrices.reference_product(W_stored.cpu(), x.cpu()), torch.float16, "multiply")
-                for steps in args.steps if A.scales is not None else [2]:
-                    with spmv.environment_variable("MACKO_STREAM_STEPS", str(steps)):
-                        if steps != 2:
-                            matrices.check_product(macko_spmv.multiply(A, x).cpu(),
-                                                   *matrices.reference_product(W_stored.cpu(), x.cpu()),
-                                                   torch.float16, f"multiply, stages of {steps} steps")
-                        for variant in VARIANTS if A.scales is None else QUANTIZED_VARIANTS:
-                            with spmv.environment_variable("MACKO_STREAM_VARIANT", variant):
-                                f_us = flushed.median_us(spmv.macko_call(A, x))
-                                g_us = graph.measure(lambda: spmv.macko_call(spmv.macko_copy(A), x),
-                                                     A.nbytes).us_per_call
-                            row = dict(shape=f"{n_rows}x{n_cols}", density=density, values=values, steps=steps,
-                                       variant=variant, flushed_us=f"{f_us:.1f}", graph_us=f"{g_us:.1f}",
-                                       cublas_flushed_us=f"{cublas_f:.1f}", cublas_graph_us=f"{cublas_g:.1f}")
-                            rows.append(row)
-                            print(",".join(str(row[k]) for k in fields), flush=True)
+                for variant in VARIANTS if A.scales is None else QUANTIZED_VARIANTS:
+                    with spmv.environment_variable("MACKO_STREAM_VARIANT", variant):
+                        f_us = flushed.median_us(spmv.macko_call(A, x))
+                        g_us = graph.measure(lambda: spmv.macko_call(spmv.macko_copy(A), x), A.nbytes).us_per_call
+                    row = dict(shape=f"{n_rows}x{n_cols}", density=density, values=values, variant=variant,
+                               flushed_us=f"{f_us:.1f}", graph_us=f"{g_us:.1f}", cublas_flushed_us=f"{cublas_f:.1f}",
+                               cublas_graph_us=f"{cublas_g:.1f}")
+                    rows.append(row)
+                    print(",".join(str(row[k]) for k in fields), flush=True)
                 del A, W_stored
             del W, x
     if args.out:

@@ -329,45 +329,32 @@ __device__ __forceinline__ unsigned byte_at(uint32_t word) {
   return __byte_perm(word, 0u, 0x4440u + k);
 }
 
-// Base columns of kGroups (1, 2 or 4) consecutive warp steps from the
-// lanes' total steps, with one warp scan per two steps: two totals (each at
-// most 128, so the warp's at most 4096) share one 32-bit word, and the
-// scans of two words run side by side. `prev_col` (warp-uniform, -1 at a
-// row's start) moves past all the steps. Columns are unsigned so that a
+// Base columns of kGroups (1 or 2) consecutive warp steps from the lanes'
+// total steps, with one warp scan: the two totals (each at most 128, so the
+// warp's at most 4096) share one 32-bit word. `prev_col` (warp-uniform, -1
+// at a row's start) moves past both steps. Columns are unsigned so that a
 // corrupted stream's columns wrap around (defined) instead of overflowing;
 // the kernels clamp or test every column before using it.
 template <int kGroups>
 __device__ __forceinline__ void warp_group_bases(const uint32_t (&totals)[kGroups], int lane,
                                                  unsigned& prev_col, unsigned (&base)[kGroups]) {
-  static_assert(kGroups == 1 || kGroups == 2 || kGroups == 4, "one, two or four groups per scan");
-  constexpr int kWords = kGroups == 4 ? 2 : 1;
-  uint32_t packed[kWords], inclusive[kWords];
-#pragma unroll
-  for (int w = 0; w < kWords; ++w) {
-    packed[w] = totals[2 * w];
-    if constexpr (kGroups >= 2) packed[w] |= totals[2 * w + 1] << 16;
-    inclusive[w] = packed[w];
-  }
+  static_assert(kGroups == 1 || kGroups == 2, "one or two groups per scan");
+  uint32_t packed = totals[0];
+  if constexpr (kGroups == 2) packed |= totals[1] << 16;
+  uint32_t inclusive = packed;
 #pragma unroll
   for (int offset = 1; offset < kWarpSize; offset <<= 1) {
-#pragma unroll
-    for (int w = 0; w < kWords; ++w) {
-      const uint32_t other = __shfl_up_sync(kFullMask, inclusive[w], offset);
-      if (lane >= offset) inclusive[w] += other;
-    }
+    const uint32_t other = __shfl_up_sync(kFullMask, inclusive, offset);
+    if (lane >= offset) inclusive += other;
   }
-#pragma unroll
-  for (int w = 0; w < kWords; ++w) {
-    const uint32_t warp_total = __shfl_sync(kFullMask, inclusive[w], kWarpSize - 1);
-    const uint32_t exclusive = inclusive[w] - packed[w];
-    if constexpr (kGroups == 1) {
-      base[0] = prev_col + exclusive;
-      prev_col += warp_total;
-    } else {
-      base[2 * w] = prev_col + (exclusive & 0xFFFFu);
-      base[2 * w + 1] = prev_col + (warp_total & 0xFFFFu) + (exclusive >> 16);
-      prev_col += (warp_total & 0xFFFFu) + (warp_total >> 16);
-    }
+  const uint32_t warp_total = __shfl_sync(kFullMask, inclusive, kWarpSize - 1);
+  const uint32_t exclusive = inclusive - packed;
+  base[0] = prev_col + (exclusive & 0xFFFFu);
+  if constexpr (kGroups == 2) {
+    base[1] = prev_col + (warp_total & 0xFFFFu) + (exclusive >> 16);
+    prev_col += (warp_total & 0xFFFFu) + (warp_total >> 16);
+  } else {
+    prev_col += warp_total;
   }
 }
 

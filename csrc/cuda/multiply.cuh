@@ -200,26 +200,17 @@ inline StreamVariant stream_variant() {
   return variant;
 }
 
-// The number of warp steps in a stage of the one-vector kernel with 8-bit
-// values (an experiment: MACKO_STREAM_STEPS=4, else kStageSteps's 2). The
-// longer stage needs more registers than the 1024-thread kernel's 64 (it
-// spilled 116 bytes there): its kernels take at most 768 threads a block
-// (up to 85 registers; 24 warps an SM in blocks of 8).
-inline int stream_steps() {
-  const char* setting = std::getenv("MACKO_STREAM_STEPS");
-  return setting != nullptr && std::string(setting) == "4" ? 4 : 0;
-}
-
 template <typename scalar_t, typename value_t, typename index_t, int kBatch, bool kSharedX,
-          int kVariant = kStreamProduct, int kSteps = kStageSteps<value_t>>
-__global__ void __launch_bounds__(kSteps == kStageSteps<value_t> ? kMaxThreads<kBatch, kSharedX> : 768, 1)
+          int kVariant = kStreamProduct>
+__global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
     multiply_kernel(const MultiplyArgs<scalar_t, value_t, index_t> args) {
   static_assert(kVariant == kStreamProduct || kBatch == 1, "the experiment variants take one vector");
   constexpr bool kScaled = !std::is_same_v<value_t, scalar_t>;  // 8-bit values
   extern __shared__ uint4 shared_words[];
+  constexpr int kSteps = kStageSteps<value_t>;
   constexpr int kStageEntries = kSteps * kWarpStepEntries;
   constexpr int kGroup = static_cast<int>(kGroupEntries);
-  using Ring = WarpRing<value_t, kSteps>;
+  using Ring = WarpRing<value_t>;
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   const int64_t warp_id = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + warp;
@@ -405,19 +396,6 @@ __global__ void __launch_bounds__(kSteps == kStageSteps<value_t> ? kMaxThreads<k
   ring.drain();
 }
 
-// The one-vector, fp16-x, 32-bit-pointer kernel with 8-bit values of an
-// experiment variant and stage length.
-template <typename scalar_t, typename value_t, int kSteps>
-auto experiment_kernel(StreamVariant variant) {
-  using Kernel = void (*)(MultiplyArgs<scalar_t, value_t, int>);
-  switch (variant) {
-    case kStreamRingOnly: return Kernel(multiply_kernel<scalar_t, value_t, int, 1, true, kStreamRingOnly, kSteps>);
-    case kStreamDecodeOnly: return Kernel(multiply_kernel<scalar_t, value_t, int, 1, true, kStreamDecodeOnly, kSteps>);
-    case kStreamScaledSums: return Kernel(multiply_kernel<scalar_t, value_t, int, 1, true, kStreamScaledSums, kSteps>);
-    default: return Kernel(multiply_kernel<scalar_t, value_t, int, 1, true, kStreamProduct, kSteps>);
-  }
-}
-
 template <typename scalar_t, typename value_t, typename index_t, int kBatch>
 void launch_multiply(const MultiplyProblem& problem) {
   const int64_t rows = problem.rows, cols = problem.cols;
@@ -436,14 +414,14 @@ void launch_multiply(const MultiplyProblem& problem) {
   SharedXKernel shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, kBatch, true>;
   if constexpr (kBatch == 1 && std::is_same_v<scalar_t, c10::Half> && std::is_same_v<index_t, int>) {
     const StreamVariant variant = stream_variant();
-    if constexpr (std::is_same_v<value_t, scalar_t>) {
-      if (variant == kStreamRingOnly) shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, 1, true, kStreamRingOnly>;
-      if (variant == kStreamDecodeOnly) {
-        shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, 1, true, kStreamDecodeOnly>;
+    if (variant == kStreamRingOnly) shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, 1, true, kStreamRingOnly>;
+    if (variant == kStreamDecodeOnly) {
+      shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, 1, true, kStreamDecodeOnly>;
+    }
+    if constexpr (!std::is_same_v<value_t, scalar_t>) {
+      if (variant == kStreamScaledSums) {
+        shared_x_kernel = multiply_kernel<scalar_t, value_t, index_t, 1, true, kStreamScaledSums>;
       }
-    } else {
-      shared_x_kernel = stream_steps() == 4 ? experiment_kernel<scalar_t, value_t, 4>(variant)
-                                            : experiment_kernel<scalar_t, value_t, kStageSteps<value_t>>(variant);
     }
   }
   const auto global_x_kernel = multiply_kernel<scalar_t, value_t, index_t, kBatch, false>;

@@ -35,17 +35,9 @@ constexpr int kRingChunks = sizeof(value_t) == 4 ? 4 : 8;
 template <typename value_t>
 constexpr int kRingBytesPerWarp = kRingChunks<value_t> * (kChunkEntries * static_cast<int>(sizeof(value_t)) +
                                                           kChunkNibbleBytes);
-// An experiment (MACKO_STREAM_STEPS=4, multiply.cuh): 8-bit values in
-// stages of 4 warp steps, whose lookahead is then what the ring has left,
-// so that a warp keeps the same chunks in flight.
-template <typename value_t, int kSteps>
-constexpr int kLookaheadFor = kSteps == kStageSteps<value_t> ? kLookaheadChunks<value_t>
-                                                             : kRingChunks<value_t> - kSteps - 1;
-template <typename value_t, int kSteps = kStageSteps<value_t>>
-constexpr bool kRingHoldsStage = kLookaheadFor<value_t, kSteps> >= 1 &&
-                                 kRingChunks<value_t> >= kSteps + 1 + kLookaheadFor<value_t, kSteps>;
-static_assert(kRingHoldsStage<int8_t> && kRingHoldsStage<c10::Half> && kRingHoldsStage<float> &&
-                  kRingHoldsStage<int8_t, 4>,
+template <typename value_t>
+constexpr bool kRingHoldsStage = kRingChunks<value_t> >= kStageSteps<value_t> + 1 + kLookaheadChunks<value_t>;
+static_assert(kRingHoldsStage<int8_t> && kRingHoldsStage<c10::Half> && kRingHoldsStage<float>,
               "a ring must hold a stage and its lookahead");
 // One warp's ring of chunks of its window of the stream. Chunk c holds the
 // entries [origin + 256c, origin + 256c + 256) in slot c % kChunks. Every
@@ -58,12 +50,11 @@ static_assert(kRingHoldsStage<int8_t> && kRingHoldsStage<c10::Half> && kRingHold
 // newer than the last chunk it needs, and waits with a constant. At the
 // start only the first stage's chunks are requested, so that they are not
 // queued behind every warp's lookahead.
-template <typename value_t, int kStageStepCount = kStageSteps<value_t>>
+template <typename value_t>
 struct WarpRing {
   static constexpr int kChunks = kRingChunks<value_t>;
-  static constexpr int kSteps = kStageStepCount;
-  static constexpr int kLookahead = kLookaheadFor<value_t, kSteps>;
-  static_assert(kRingHoldsStage<value_t, kSteps>, "a ring must hold a stage and its lookahead");
+  static constexpr int kSteps = kStageSteps<value_t>;
+  static constexpr int kLookahead = kLookaheadChunks<value_t>;
   static constexpr int kAhead = kSteps + 1 + kLookahead;
   static constexpr int kEntries = kChunks * kChunkEntries;
   static_assert((kChunks & (kChunks - 1)) == 0, "ring positions wrap with a mask");
