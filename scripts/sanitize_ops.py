@@ -49,10 +49,11 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32):
         ops.decompress(*wide)
 
 # 8-bit values with 16-bit x (the streaming kernel dequantizes them; the
-# other routes take them dequantized first), on the same awkward shapes,
-# and with corrupted row pointers.
+# other routes, and fp32 x, take them dequantized first), on the same
+# awkward shapes, and with corrupted row pointers (every route, and
+# decompress).
 for value_dtype in (torch.int8, torch.float8_e4m3fn):
-    for dtype in (torch.float16, torch.bfloat16):
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
         for rows, cols, density in [(1, 1, 1.0), (1, 37, 0.5), (37, 1, 0.5), (13, 97, 0.3), (65, 1031, 0.05),
                                     (8, 64, 0.0), (4097 // 16, 3001, 0.2), (300, 8, 0.3), (70, 2000, 0.5)]:
             A = macko_spmv.compress(pruned(rows, cols, density, dtype), value_dtype=value_dtype)
@@ -64,8 +65,11 @@ for value_dtype in (torch.int8, torch.float8_e4m3fn):
         A = macko_spmv.compress(pruned(40, 296, 0.2, dtype), value_dtype=value_dtype)
         n = A.values.numel()
         for pointers in ([-5] * 41, [n + 1000] * 41, list(range(40 * 50, -1, -50))):
-            ops.multiply(A.values, A.deltas, torch.tensor(pointers, dtype=torch.int32).cuda(), 40, 296,
-                         torch.randn(296, generator=gen).to(dtype).cuda(), scales=A.scales)
+            row_indices = torch.tensor(pointers, dtype=torch.int32).cuda()
+            for route in each_route():
+                ops.multiply(A.values, A.deltas, row_indices, 40, 296, torch.randn(296, generator=gen).to(dtype).cuda(),
+                             scales=A.scales)
+            ops.decompress(A.values, A.deltas, row_indices, 40, 296, A.scales)
 
 # The kernel's less common launch paths: warps with more than 31 rows, and x
 # (or the transposed batch) too large for shared memory.

@@ -182,7 +182,7 @@ at::Tensor decompress_cuda(const at::Tensor& values_in, const at::Tensor& deltas
   check_compressed(values_in, deltas, row_indices, rows, cols, scales);
   check_cols_fit(cols);
   const c10::cuda::CUDAGuard guard(values_in.device());
-  // 8-bit values: dequantized first (the interim path, dequantize.cuh).
+  // 8-bit values: dequantized into a temporary first (dequantize.cuh).
   const at::Tensor values = dequantized_values(values_in, row_indices, rows, scales);
   // Every element is written by the kernel.
   at::Tensor dense = at::empty({rows, cols}, values.options());
