@@ -223,28 +223,30 @@ def every_byte_matrix(value_dtype, dtype, gen):
     return macko_spmv.MackoMatrix(values, deltas, row_indices, rows, 256, scales)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=short)
-def test_multiply_rounds_like_decompress(kernels, route, dtype, value_dtype, gen):  # noqa: F811
-    """multiply(A, x) multiplies decompress(A)'s matrix exactly, on every
-    CPU kernel variant and route, bit for bit: with x the rows of the
-    identity, y is decompress(A) transposed (one dequantized entry times 1
-    plus zeros); with x = e_c + e_(c + shift), each output is the float32
-    sum of two of decompress(A)'s entries rounded to dtype (which scaling
-    a row's sum of q instead would not give). decompress(A) itself is
-    q * scale rounded once to dtype (float64 reference)."""
-    A = every_byte_matrix(value_dtype, dtype, gen)
-    D = macko_spmv.decompress(A)
-    exact = A.values.float().double().view(A.rows, 256) * A.scales.double()[:, None]
+def check_rounds_like_decompress(A, dtype, gen, one_vector_calls):
+    """multiply(A, x) multiplies decompress(A)'s matrix exactly, bit for
+    bit: with x the rows of the identity, y is decompress(A) transposed (one
+    dequantized entry times 1 plus zeros); with x = e_c + e_(c + shift),
+    each output is the float32 sum of two of decompress(A)'s entries rounded
+    to dtype (which scaling a row's sum of q instead would not give).
+    decompress(A) itself is q * scale rounded once to dtype (float64
+    reference). one_vector_calls: each column of x in a call of its own
+    (the one-vector kernels), else x as one batch. A on any device."""
+    device = A.device
+    D = macko_spmv.decompress(A).cpu()
+    exact = A.values.cpu().float().double().view(A.rows, 256) * A.scales.cpu().double()[:, None]
     assert torch.equal(D, rounded(exact, dtype))
     identity = torch.eye(256, dtype=dtype)
     for shift in (0, 1, 101):
         x = identity if shift == 0 else identity + identity.roll(shift, dims=1)
         expected = D if shift == 0 else (D.float() + D.float().roll(-shift, dims=1)).to(dtype)
-        if route == "vector":  # one right-hand side a call (a batch may leave the vector route)
+        x = x.to(device)
+        if one_vector_calls:
             y = torch.stack([macko_spmv.multiply(A, x[c]) for c in range(256)])
         else:
             y = macko_spmv.multiply(A, x)
         assert y.dtype == dtype
+        y = y.cpu()
         mismatch = (y.T != expected).nonzero()  # no NaN: every entry is finite
         assert mismatch.numel() == 0, (
             f"shift {shift}: {len(mismatch)} outputs differ, first at (row, byte) {tuple(mismatch[0].tolist())}: "
@@ -254,12 +256,33 @@ def test_multiply_rounds_like_decompress(kernels, route, dtype, value_dtype, gen
     # scales).
     x = random_x((3, 256), dtype, gen, "cpu")
     bias = random_x((A.rows,), dtype, gen, "cpu")
-    y = macko_spmv.ops.multiply(*A[:5], x, bias, A.scales)
+    y = macko_spmv.ops.multiply(*A[:5], x.to(device), bias.to(device), A.scales).cpu()
     y_ref, magnitude = product_reference(A, None, x)
     keep = (magnitude + bias.double().abs()).amax(dim=0) < torch.finfo(dtype).max / 4
     assert int(keep.sum()) >= 10
     check_product(y[:, keep], (y_ref + bias.double())[:, keep], magnitude[:, keep], dtype,
                   "multiply with every byte value")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=short)
+def test_multiply_rounds_like_decompress(kernels, route, dtype, value_dtype, gen):  # noqa: F811
+    """check_rounds_like_decompress on every CPU kernel variant and route."""
+    check_rounds_like_decompress(every_byte_matrix(value_dtype, dtype, gen), dtype, gen, route == "vector")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", DTYPES, ids=short)
+@pytest.mark.parametrize("cuda_route", ["stream", "tiles", "dense"])
+def test_cuda_routes_round_like_decompress(cuda_route, dtype, value_dtype, gen, monkeypatch):
+    """check_rounds_like_decompress on each CUDA route: the streaming
+    kernel's own dequantization (fp16 and bf16 x: the int8 and e4m3
+    conversions of group_decode.cuh, one vector a call and batches), and
+    the dequantized temporary of the others (dequantize.cu)."""
+    monkeypatch.setenv("MACKO_MULTIPLY_ROUTE", cuda_route)
+    A = every_byte_matrix(value_dtype, dtype, gen).to("cuda")
+    check_rounds_like_decompress(A, dtype, gen, one_vector_calls=False)
+    if cuda_route == "stream":
+        check_rounds_like_decompress(A, dtype, gen, one_vector_calls=True)
 
 
 def test_adversarial_matrices(device, dtype, value_dtype, gen):

@@ -188,15 +188,16 @@ struct RowScale {
 // decompress gives (csrc/cpu/decompress.cpp, dequantize.cuh), so that
 // every route multiplies the same matrix. No saturation: for a valid
 // matrix every q * scale is finite (validate), and NaN propagates. Exact
-// steps first, on the integer and fp16 pipes only (no conversion
-// instruction: those issue at a fraction of the rate, NOTES v13r):
+// steps first; into fp16 on the integer and fp16 pipes only (no conversion
+// instruction: those issue at a fraction of the rate, NOTES v13r-v13s):
 //   int8 -> fp16: with the sign bit flipped a byte is u = q + 128; the half
 //     with bits 0x6400 | u is 1024 + u, so subtracting 1152 gives q (one
 //     byte permutation and one half2 subtraction a pair); then one half2
 //     multiplication by the scale rounds q * scale once.
 //   e4m3 -> fp16: q * 2^-8 by bits, every e4m3 value (subnormals too) an
 //     fp16 one: a byte permutation sign-extends each byte into its half
-//     (sign in bit 15, exponent and mantissa in bits 6..0), a shift by 7
+//     (copies of the sign in bits 15..7, exponent and mantissa in bits
+//     6..0), a shift by 7
 //     moves exponent and mantissa into fp16's places (e4m3's exponent bias
 //     is 7 against fp16's 15: hence 2^-8), and a mask clears the copies of
 //     the sign; then one half2 multiplication by 256 * scale (RowScale)
