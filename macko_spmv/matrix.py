@@ -132,7 +132,8 @@ class MackoMatrix(tuple):
 
         With 8-bit values the dtype is the activation dtype: the values stay
         as they are and the scales are converted (rounded to nearest); a
-        scale that overflows the new dtype raises ValueError. To store
+        scale whose values could overflow the new dtype (qmax * scale past
+        its largest number, as validate refuses) raises ValueError. To store
         other values, compress the dense matrix again.
         """
         device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
@@ -146,9 +147,12 @@ class MackoMatrix(tuple):
             return MackoMatrix(values, deltas, row_indices, self.rows, self.cols, validate=False)
         values = self.values.to(**moved)
         scales = self.scales.to(dtype=dtype, **moved)
-        if scales.dtype != self.scales.dtype and not bool(torch.isfinite(scales).all()):
-            raise ValueError(f"the scales overflow {scales.dtype} (largest scale {float(self.scales.max())}): "
-                             "this matrix's values cannot be represented with that dtype")
+        # Every q * scale must stay finite in the new dtype (validate's
+        # rule): qmax * scale at most its largest number.
+        qmax = ops.QUANTIZED_DTYPES[self.values.dtype]
+        if scales.dtype != self.scales.dtype and bool((scales.double() * qmax > torch.finfo(scales.dtype).max).any()):
+            raise ValueError(f"the scales overflow {scales.dtype} (largest scale {float(self.scales.max())}, times "
+                             f"{qmax} for these values): this matrix's values cannot be represented with that dtype")
         return MackoMatrix(values, deltas, row_indices, self.rows, self.cols, scales, validate=False)
 
     def cuda(self, device=None):

@@ -437,6 +437,13 @@ def test_to_converts_the_activation_dtype(device, value_dtype, gen):
     huge = macko_spmv.compress(torch.full((2, 3), 1e10, device=device), value_dtype=value_dtype)
     with pytest.raises(ValueError, match="scales overflow torch.float16"):
         huge.to(torch.float16)
+    # A scale finite in fp16 whose values are not (qmax * scale > 65504).
+    qmax = QMAX[value_dtype]
+    large = macko_spmv.compress(torch.full((2, 3), 600.0 * qmax, device=device), value_dtype=value_dtype)
+    assert float(large.scales.half().max()) < 65504
+    with pytest.raises(ValueError, match=f"scales overflow torch.float16 .* times {qmax}"):
+        large.to(torch.float16)
+    large.to(torch.bfloat16).validate()
 
 
 def test_checks_of_the_raw_ops(device, value_dtype, gen):
