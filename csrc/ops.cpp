@@ -89,7 +89,7 @@ TORCH_LIBRARY(macko_spmv, m) {
   // the one rounding to the matrix's dtype (on the GPU: after, in a second
   // pass), as nn.Linear adds its bias inside the GEMM. With scales, M is
   // decompress's matrix: each q * scales[r] rounded once to the activation
-  // dtype and saturated, on every device and route.
+  // dtype, on every device and route.
   m.def(
       "multiply(Tensor values, Tensor deltas, Tensor row_indices, int rows, "
       "int cols, Tensor x, Tensor? bias=None, Tensor? scales=None) -> Tensor");

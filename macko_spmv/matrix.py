@@ -147,12 +147,10 @@ class MackoMatrix(tuple):
             return MackoMatrix(values, deltas, row_indices, self.rows, self.cols, validate=False)
         values = self.values.to(**moved)
         scales = self.scales.to(dtype=dtype, **moved)
-        # Every q * scale must stay finite in the new dtype (validate's
-        # rule): qmax * scale at most its largest number.
-        qmax = ops.QUANTIZED_DTYPES[self.values.dtype]
-        if scales.dtype != self.scales.dtype and bool((scales.double() * qmax > torch.finfo(scales.dtype).max).any()):
+        if scales.dtype != self.scales.dtype and scales_overflow(scales, self.values.dtype):
             raise ValueError(f"the scales overflow {scales.dtype} (largest scale {float(self.scales.max())}, times "
-                             f"{qmax} for these values): this matrix's values cannot be represented with that dtype")
+                             f"{ops.QUANTIZED_DTYPES[self.values.dtype]} for these values): this matrix's values "
+                             "cannot be represented with that dtype")
         return MackoMatrix(values, deltas, row_indices, self.rows, self.cols, scales, validate=False)
 
     def cuda(self, device=None):
@@ -249,6 +247,15 @@ def compress(M, value_dtype=None):
     return MackoMatrix(values, deltas, row_indices, M.shape[0], M.shape[1], scales, validate=False)
 
 
+def scales_overflow(scales, value_dtype):
+    """Whether some row's values could overflow the scales' dtype: qmax *
+    scale past its largest number (or a scale not finite), which validate
+    refuses; for converting the scales of 8-bit values (value_dtype) to
+    another activation dtype."""
+    qmax = ops.QUANTIZED_DTYPES[value_dtype]
+    return not bool((scales.double() * qmax <= torch.finfo(scales.dtype).max).all())
+
+
 def _row_scales(M, qmax):
     """One symmetric scale per row of M (finite), in M's dtype: the row's
     largest magnitude over qmax, rounded up, so that no |v| / scale exceeds
@@ -278,9 +285,10 @@ def _row_scales(M, qmax):
 def _quantize(M, values, row_indices, value_dtype):
     """(values in value_dtype, scales [rows] in M's dtype) for the stored
     entries `values` of M (compress's array, in M's dtype), row by row: q =
-    v / scale[row], rounded to nearest (and clamped to [-127, 127]) for
-    int8, converted to nearest for float8_e4m3fn. A row with scale 0 (all
-    zeros) stores zeros. The stream padding stays zero."""
+    v / scale[row] clamped to [-qmax, qmax] (entries of a row whose scale
+    is capped can pass it), then rounded to nearest for int8 and converted
+    to nearest for float8_e4m3fn. A row with scale 0 (all zeros) stores
+    zeros. The stream padding stays zero."""
     qmax = ops.QUANTIZED_DTYPES[value_dtype]
     rows = M.shape[0]
     scales = _row_scales(M, qmax)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .matrix import QUANTIZED_DTYPES, VALUE_DTYPES, MackoMatrix, compress, decompress
+from .matrix import QUANTIZED_DTYPES, VALUE_DTYPES, MackoMatrix, compress, decompress, scales_overflow
 
 __all__ = ["MackoLinear", "DenseWeightInfo", "sparsify", "densify", "SparsifyReport", "ConvertedLayer",
            "SkippedLayer"]
@@ -328,9 +328,10 @@ class MackoLinear(nn.Module):
         scales = self._buffers[_SCALES_NAME]
         if isinstance(value_probe, torch.Tensor) and value_probe.dtype != scales.dtype:
             converted = fn(scales)
-            if not bool(torch.isfinite(converted).all()):
+            if scales_overflow(converted, values.dtype):
                 raise ValueError(f"MackoLinear's scales overflow {converted.dtype} (largest scale "
-                                 f"{float(scales.max())}): its 8-bit weight cannot be converted to that dtype")
+                                 f"{float(scales.max())}, times {ops.QUANTIZED_DTYPES[values.dtype]} for its values): "
+                                 "its 8-bit weight cannot be converted to that dtype")
         # float8 values are floating-point tensors, which a dtype cast would
         # convert: they go through fn as raw bytes (moved, never cast), the
         # activation dtype being the scales'.

@@ -49,7 +49,8 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32):
         ops.decompress(*wide)
 
 # 8-bit values with 16-bit x (the streaming kernel dequantizes them; the
-# other routes, and fp32 x, take them dequantized first), on the same
+# other routes take them dequantized first) and with fp32 x (every route
+# dequantized first), on the same
 # awkward shapes, and with corrupted row pointers (every route, and
 # decompress).
 for value_dtype in (torch.int8, torch.float8_e4m3fn):

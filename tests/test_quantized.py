@@ -260,8 +260,15 @@ def check_rounds_like_decompress(A, dtype, gen, one_vector_calls):
     y_ref, magnitude = product_reference(A, None, x)
     keep = (magnitude + bias.double().abs()).amax(dim=0) < torch.finfo(dtype).max / 4
     assert int(keep.sum()) >= 10
-    check_product(y[:, keep], (y_ref + bias.double())[:, keep], magnitude[:, keep], dtype,
-                  "multiply with every byte value")
+    if device.type == "cuda":
+        # The GPU adds the bias to the rounded product, in a second pass
+        # (csrc/ops.cpp): the product is checked, then the sum exactly.
+        product = macko_spmv.ops.multiply(*A[:5], x.to(device), None, A.scales).cpu()
+        check_product(product[:, keep], y_ref[:, keep], magnitude[:, keep], dtype, "multiply with every byte value")
+        assert torch.equal(y, (product.float() + bias.float()).to(dtype))
+    else:
+        check_product(y[:, keep], (y_ref + bias.double())[:, keep], magnitude[:, keep], dtype,
+                      "multiply with every byte value")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=short)
@@ -274,15 +281,46 @@ def test_multiply_rounds_like_decompress(kernels, route, dtype, value_dtype, gen
 @pytest.mark.parametrize("dtype", DTYPES, ids=short)
 @pytest.mark.parametrize("cuda_route", ["stream", "tiles", "dense"])
 def test_cuda_routes_round_like_decompress(cuda_route, dtype, value_dtype, gen, monkeypatch):
-    """check_rounds_like_decompress on each CUDA route: the streaming
-    kernel's own dequantization (fp16 and bf16 x: the int8 and e4m3
-    conversions of group_decode.cuh, one vector a call and batches), and
-    the dequantized temporary of the others (dequantize.cu)."""
+    """check_rounds_like_decompress on each CUDA route: with fp16 and bf16
+    x the streaming kernel's own dequantization (the int8 and e4m3
+    conversions of group_decode.cuh; one vector a call and batches), the
+    dequantized temporary (dequantize.cu) on the other routes and for fp32
+    x on every route."""
     monkeypatch.setenv("MACKO_MULTIPLY_ROUTE", cuda_route)
     A = every_byte_matrix(value_dtype, dtype, gen).to("cuda")
     check_rounds_like_decompress(A, dtype, gen, one_vector_calls=False)
-    if cuda_route == "stream":
+    if cuda_route == "stream" and dtype != torch.float32:
         check_rounds_like_decompress(A, dtype, gen, one_vector_calls=True)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", DTYPES, ids=short)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=short)
+def test_cuda_dequantizes_unaligned_rows(index_dtype, dtype, value_dtype, gen):
+    """every_byte_matrix's rows start at multiples of 256 entries; here a
+    first row of 7 entries shifts every row off the 16-entry chunks of
+    dequantize.cu, so each row has a head and a tail taken entry by entry:
+    the GPU's decompress and products equal the CPU's, bit for bit, with
+    32- and 64-bit row pointers."""
+    A = every_byte_matrix(value_dtype, dtype, gen)
+    rows = A.rows + 1
+    n = 7 + A.rows * 256
+    padded = (n + 7) // 8 * 8
+    values = torch.zeros(padded, dtype=torch.uint8)
+    values[:7] = torch.arange(1, 8, dtype=torch.uint8)
+    values[7:n] = A.values.view(torch.uint8)
+    row_indices = torch.cat([torch.zeros(1, dtype=torch.int64), 7 + A.row_indices.long()]).to(index_dtype)
+    scales = torch.cat([torch.ones(1, dtype=dtype), A.scales])
+    B = macko_spmv.MackoMatrix(values.view(value_dtype), torch.zeros(padded // 2, dtype=torch.uint8), row_indices,
+                               rows, 256, scales)
+    G = B.to("cuda")
+    D = macko_spmv.decompress(B)
+    assert torch.equal(macko_spmv.decompress(G).cpu(), D)
+    for route in ("stream", "tiles", "dense"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MACKO_MULTIPLY_ROUTE", route)
+            y = macko_spmv.multiply(G, torch.eye(256, dtype=dtype, device="cuda")).cpu()
+        assert torch.equal(y.T, D), route
 
 
 def test_adversarial_matrices(device, dtype, value_dtype, gen):
@@ -619,6 +657,15 @@ def test_macko_linear_conversions(value_dtype, gen):
     assert layer.values.dtype == value_dtype and layer.scales.dtype == torch.bfloat16
     layer.to("meta")
     assert layer.values.dtype == value_dtype and layer.values.is_meta and layer.scales.is_meta
+    # A scale finite in fp16 whose values are not (qmax * scale > 65504):
+    # refused, as MackoMatrix.to refuses it, and the layer left as it was.
+    linear = nn.Linear(8, 2, dtype=torch.float32)
+    with torch.no_grad():
+        linear.weight.fill_(600.0 * QMAX[value_dtype])
+    large = macko_spmv.MackoLinear.from_linear(linear, value_dtype=value_dtype)
+    with pytest.raises(ValueError, match=f"scales overflow torch.float16 .* times {QMAX[value_dtype]}"):
+        large.half()
+    assert large.scales.dtype == torch.float32
 
 
 def test_state_dict_round_trip(device, value_dtype, gen):
@@ -670,7 +717,7 @@ def test_sparsify_save_and_load(tmp_path, value_dtype, gen):
 def test_cuda_matches_cpu(dtype, value_dtype, gen):
     """The GPU's dequantized matrix is the CPU's, bit for bit (both round
     (float)q * (float)scale once), and its product is within the bound of
-    product_reference; also under a CUDA graph (the interim path does not
+    product_reference; also under a CUDA graph (dequantize.cu does not
     synchronise)."""
     M = random_pruned(300, 500, 0.3, dtype, gen)
     A = macko_spmv.compress(M, value_dtype=value_dtype)

@@ -73,9 +73,16 @@ def main(argv=None):
     parser.add_argument("--nvdisasm", default=None)
     args = parser.parse_args(argv)
     rows = list(csv.reader(gzip.open(args.sass_csv, "rt")))
-    header = rows[1]
+    # ncu's source page: a line naming the kernel, then the header row.
+    header_at = next((i for i, row in enumerate(rows) if "Address" in row and "Instructions Executed" in row), None)
+    if header_at is None:
+        raise SystemExit(f"{args.sass_csv}: no header row with Address and Instructions Executed")
+    header = rows[header_at]
     at, text, count = (header.index(name) for name in ("Address", "Source", "Instructions Executed"))
-    profiled = [(int(r[at], 16), r[text].strip(), int(r[count])) for r in rows[2:] if len(r) > count and r[count].isdigit()]
+    profiled = [(int(r[at], 16), r[text].strip(), int(r[count])) for r in rows[header_at + 1:]
+                if len(r) > count and r[count].isdigit()]
+    if not profiled:
+        raise SystemExit(f"{args.sass_csv}: no instruction rows")
     base = profiled[0][0]
     local = local_lines(args.cubin, args.symbol, nvdisasm_path(args.nvdisasm))
     for address, instruction, _ in profiled:
