@@ -11,6 +11,9 @@ import importlib
 import importlib.metadata
 import json
 import os
+import platform
+import re
+import shutil
 import subprocess
 import sys
 import types
@@ -166,6 +169,48 @@ def test_record_matches_the_compiled_extension():
     assert config.TORCH_REQUIREMENT == "torch==%d.%d.*" % _build_check._release(config.TORCH_VERSION)
     if "+" in config.VERSION:
         assert config.VERSION.endswith("+" + config.VARIANT)
+
+
+def static_initializer_vector_code(library):
+    """The first instruction with a ymm or zmm register (AVX, AVX2,
+    AVX-512) in each function that ``library``'s load-time initializers
+    (GCC's _GLOBAL__sub_I_*) run, following direct calls inside the library,
+    as (function, instruction) pairs; objdump reads the code."""
+    listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", library], capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+    functions, current = {}, None
+    for line in listing.splitlines():
+        header = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if header:
+            current = functions.setdefault(header.group(1), [])
+        elif current is not None and line.startswith(" "):
+            current.append(line.strip())
+    pending = [name for name in functions if name.startswith("_GLOBAL__sub_I_")]
+    assert pending, "no load-time initializer found: the listing is not what this check expects"
+    seen, found = set(), []
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in functions:
+            continue
+        seen.add(name)
+        for instruction in functions[name]:
+            if re.search(r"%[yz]mm\d", instruction):
+                found.append((name, instruction))
+                break
+            call = re.search(r"\b(?:call|jmp)\w*\s+[0-9a-f]+ <([^>+]+)>", instruction)
+            if call and not call.group(1).endswith("@plt"):
+                pending.append(call.group(1))
+    return found
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or shutil.which("objdump") is None,
+                    reason="reads x86-64 code with objdump")
+def test_loading_the_extension_needs_no_vector_extensions():
+    """The CPU kernels for AVX2 and AVX-512 are chosen at run time; anything
+    that runs when the library loads (before that choice) must be baseline
+    x86-64, or the import dies with SIGILL on older CPUs."""
+    found = static_initializer_vector_code(importlib.import_module("macko_spmv._C").__file__)
+    assert not found, f"load-time code uses AVX/AVX-512 instructions: {found}"
 
 
 def fake_gpus(monkeypatch, capabilities):

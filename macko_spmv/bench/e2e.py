@@ -85,10 +85,14 @@ model is densified (its nn.Linear layers then hold decompress's weights
 exactly, no requantizing), the reference logits computed, and the
 MackoLinear modules put back. The error is max|a - b| / max|a| over
 all logits; the limits are 1e-4 in float32 and 1e-2 in float16/bfloat16.
-``--profile`` records ``--profile-steps`` batch-1 decode steps with
-torch.profiler and writes the share of GPU time in MACKO multiply kernels,
-attention, dense matmuls, other kernels and idle gaps to
-``profile-<variant>.txt`` (and the trace as JSON) in the output folder.
+``--profile`` records ``--profile-steps`` batch-1 decode steps, then one
+batch-1 prefill of each prompt length, with torch.profiler, and writes
+the share of GPU time in MACKO multiply kernels, MACKO decompress kernels
+(the dense route's slabs, 8-bit values' dequantized temporary), attention,
+dense matmuls, other kernels and idle gaps to ``profile-<variant>.txt``
+(the traces as ``profile-<variant>.json`` and
+``profile-<variant>-prefill<L>.json``) in the output folder; the CSV's
+profile columns are the decode steps'.
 Results go to ``results.csv`` (a row per variant and scenario, a variant's
 rows written as it finishes) and ``meta.json``; the plots and
 ``summary.md`` are drawn from the saved CSV only (``--plot-only DIR``).
@@ -508,11 +512,13 @@ def release_memory(device):
 
 
 # --------------------------------------------------------------------------
-# Profiling one decode step
+# Profiling decode steps and prefills
 
 KERNEL_CATEGORIES = (
     # (category, regular expression searched in the kernel name), first match wins
     ("macko multiply", re.compile(r"multiply_kernel")),
+    # The dense route's slabs and the dequantized temporary of 8-bit values.
+    ("macko decompress", re.compile(r"decompress_rows_kernel|dequantize_kernel")),
     ("attention", re.compile(r"attention|attn|flash|fmha|sdpa|softmax", re.IGNORECASE)),
     ("dense matmul", re.compile(r"gemm|gemv|cublas|cutlass|xmma|matmul|splitk|dot_kernel|\bmm_", re.IGNORECASE)),
 )
@@ -574,19 +580,18 @@ def breakdown_fractions(breakdown):
     return shares
 
 
-def profile_decode(decoder, prompt, steps, trace_path):
-    """Records ``steps`` decode steps (after a prefill) with torch.profiler,
+def profile_gpu(work, device, trace_path):
+    """Runs ``work()`` under torch.profiler (host and, on a GPU, kernels),
     writes the Chrome trace to ``trace_path`` and returns kernel_breakdown."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
-    if decoder.device.type == "cuda":
+    if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    _, token, position = decoder.prefill(prompt)
-    synchronize(decoder.device)
+    synchronize(device)
     with profile(activities=activities) as profiler:
-        decoder.decode(token, position, steps)
-        synchronize(decoder.device)
+        work()
+        synchronize(device)
     profiler.export_chrome_trace(trace_path)
     with open(trace_path) as trace_file:
         trace = json.load(trace_file)
@@ -594,17 +599,32 @@ def profile_decode(decoder, prompt, steps, trace_path):
     return kernel_breakdown(events)
 
 
-def format_profile(breakdown, steps, title, step_ms=None):
-    """The profile as text for profile-<variant>.txt."""
+def profile_decode(decoder, prompt, steps, trace_path):
+    """Records ``steps`` decode steps (after an unrecorded prefill of
+    ``prompt``); returns kernel_breakdown (profile_gpu)."""
+    _, token, position = decoder.prefill(prompt)
+    return profile_gpu(lambda: decoder.decode(token, position, steps), decoder.device, trace_path)
+
+
+def profile_prefill(decoder, prompt, trace_path):
+    """Records one prefill of ``prompt`` [batch, L] (eager, as timed);
+    returns kernel_breakdown (profile_gpu)."""
+    return profile_gpu(lambda: decoder.prefill(prompt), decoder.device, trace_path)
+
+
+def format_profile(breakdown, steps, title, step_ms=None, unit="decode step"):
+    """The profile as text for profile-<variant>.txt: ``steps`` repetitions
+    of ``unit`` ("decode step", or e.g. "prefill of 512 tokens"); step_ms,
+    the timed median of one (no profiler), if known."""
     lines = [title, ""]
     if not breakdown["kernels"]:
         lines.append("No GPU activity was recorded (a CPU run, or the profiler saw no kernels).")
         return "\n".join(lines) + "\n"
     window_ms = breakdown["window_us"] / 1e3
-    lines.append(f"{steps} decode step(s); window from the first GPU activity's start to the last one's end: "
-                 f"{window_ms:.3f} ms ({window_ms / steps:.3f} ms per step)")  # fmt: skip
+    lines.append(f"{steps} x {unit}; window from the first GPU activity's start to the last one's end: "
+                 f"{window_ms:.3f} ms ({window_ms / steps:.3f} ms each)")  # fmt: skip
     if step_ms is not None:
-        lines.append(f"median decode time per token in the timed runs (no profiler): {step_ms:.3f} ms")
+        lines.append(f"median time of one {unit} in the timed runs (no profiler): {step_ms:.3f} ms")
     lines.append(f"GPU activities: {breakdown['kernels']} ({breakdown['kernels'] / steps:.0f} per step); "
                  f"busy {breakdown['busy_us'] / 1e3:.3f} ms")  # fmt: skip
     lines += ["", "share of the window:"]
@@ -627,6 +647,7 @@ def format_profile(breakdown, steps, title, step_ms=None):
 
 PROFILE_COLUMNS = {
     "macko multiply": "profile_macko_frac",
+    "macko decompress": "profile_macko_decompress_frac",
     "attention": "profile_attention_frac",
     "dense matmul": "profile_dense_mm_frac",
     "other kernels": "profile_other_frac",
@@ -830,8 +851,24 @@ def _measure_variant(args, variant, config, device, dtype, env, out_dir, stage):
         title = (f"Profile of {variant.label} ({args.config}, {args.dtype}, batch {profiler_decoder.batch}, "
                  f"{env['gpu']}, compile: {common['compile']}, torch {env['torch']}, transformers "
                  f"{env['transformers']}, {env['date']})")  # fmt: skip
+        sections = [format_profile(breakdown, steps, title, step_ms)]
+        # Each prompt length's prefill (eager, batch 1 as timed): where the
+        # time to first token goes.
+        for length in args.prompt_lens:
+            prefill_decoder = next((decoder for (batch, _), decoder in decoders.items()
+                                    if batch == 1 and decoder.max_cache_len > length), None)  # fmt: skip
+            if prefill_decoder is None:
+                continue
+            prompt = random_tokens(prefill_decoder.batch, length, config.vocab_size, device, args.seed, "profile",
+                                   length)  # fmt: skip
+            prefill = profile_prefill(prefill_decoder, prompt,
+                                      os.path.join(out_dir, f"profile-{variant.label}-prefill{length}.json"))
+            prefill_ms = next((row["prefill_ms"] for row in rows
+                               if row["batch"] == prefill_decoder.batch and row["prompt_len"] == length), None)
+            sections.append(format_profile(prefill, 1, f"Prefill of {variant.label}, batch {prefill_decoder.batch}, "
+                                           f"{length} tokens", prefill_ms, unit=f"prefill of {length} tokens"))
         with open(os.path.join(out_dir, f"profile-{variant.label}.txt"), "w") as text_file:
-            text_file.write(format_profile(breakdown, steps, title, step_ms))
+            text_file.write("\n".join(sections))
 
     return [{**row, **variant_facts} for row in rows]
 
@@ -892,7 +929,8 @@ def build_parser():
     parser.add_argument("--check-tolerance", type=float, default=None,
                         help="largest max|a-b|/max|a| allowed (default 1e-4 float32, 1e-2 float16/bfloat16)")
     parser.add_argument("--profile", action="store_true",
-                        help="profile batch-1 decode steps with torch.profiler; writes profile-<variant>.txt/.json")
+                        help="profile batch-1 decode steps and prefills with torch.profiler; writes "
+                             "profile-<variant>.txt/.json")
     parser.add_argument("--profile-steps", type=positive_int, default=5, help="decode steps to profile")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/e2e-<gpu>-<date>)")
     parser.add_argument("--append", action="store_true",

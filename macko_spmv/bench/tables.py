@@ -341,7 +341,7 @@ E2E_COLUMNS = (
     "weight_bytes", "decoder_linear_bytes", "converted_layers", "peak_decode_bytes", "peak_variant_bytes",
     "allocated_at_start_bytes", "build_s", "prune_s", "conversion_s", "compile_s", "warmup_s",
     "check_forward_err", "check_decode_err", "check_tolerance", "check_passed", "profile_macko_frac",
-    "profile_attention_frac", "profile_dense_mm_frac", "profile_other_frac", "profile_idle_frac",
+    "profile_macko_decompress_frac", "profile_attention_frac", "profile_dense_mm_frac", "profile_other_frac", "profile_idle_frac",
 )  # fmt: skip
 E2E_TEXT_COLUMNS = {"gpu", "torch", "cuda", "transformers", "date", "config", "dtype", "variant", "compile"}
 

@@ -460,20 +460,26 @@ def test_kernel_breakdown_splits_the_window():
         {"ph": "X", "cat": "kernel", "name": "sm90_xmma_gemm_f16f16_f32", "ts": 15.0, "dur": 5.0},
         {"ph": "X", "cat": "kernel", "name": "triton_red_fused_add_mean_mul_pow_rsqrt_0", "ts": 24.0, "dur": 2.0},
         {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy DtoD (Device -> Device)", "ts": 28.0, "dur": 2.0},
+        {"ph": "X", "cat": "kernel", "name": "void macko::cuda::(anonymous namespace)::decompress_rows_kernel<half>",
+         "ts": 30.0, "dur": 1.5},
+        {"ph": "X", "cat": "kernel", "name": "void macko::cuda::(anonymous namespace)::dequantize_kernel<int8>",
+         "ts": 31.5, "dur": 0.5},
         {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0.0, "dur": 100.0},  # host side: ignored
         {"ph": "i", "cat": "kernel", "name": "instant", "ts": 5.0},  # not a duration event: ignored
     ]
     breakdown = e2e.kernel_breakdown(events)
-    assert breakdown["kernels"] == 5
-    assert breakdown["window_us"] == pytest.approx(30.0)
-    assert breakdown["busy_us"] == pytest.approx(22.0)
+    assert breakdown["kernels"] == 7
+    assert breakdown["window_us"] == pytest.approx(32.0)
+    assert breakdown["busy_us"] == pytest.approx(24.0)
     assert breakdown["idle_us"] == pytest.approx(8.0)
-    assert breakdown["categories_us"] == {"macko multiply": 10.0, "attention": 3.0, "dense matmul": 5.0,
-                                          "other kernels": 4.0}  # fmt: skip
+    assert breakdown["categories_us"] == {"macko multiply": 10.0, "macko decompress": 2.0, "attention": 3.0,
+                                          "dense matmul": 5.0, "other kernels": 4.0}  # fmt: skip
     shares = e2e.breakdown_fractions(breakdown)
     assert sum(shares.values()) == pytest.approx(1.0)
     text = e2e.format_profile(breakdown, 1, "Profile of test")
-    assert "macko multiply" in text and "idle gaps" in text and "26.7%" in text
+    assert "macko multiply" in text and "idle gaps" in text and "25.0%" in text and "1 x decode step" in text
+    prefill = e2e.format_profile(breakdown, 1, "Prefill", 2.5, unit="prefill of 8 tokens")
+    assert "1 x prefill of 8 tokens" in prefill and "one prefill of 8 tokens in the timed runs (no profiler): 2.500" in prefill
     assert e2e.kernel_breakdown([])["kernels"] == 0 and e2e.breakdown_fractions(e2e.kernel_breakdown([])) == {}
 
 
@@ -530,5 +536,11 @@ def test_tiny_gpu_run_with_cuda_graphs_and_profile(tmp_path):
         assert float(row["total_ms"]) > float(row["prefill_ms"]) > 0
     # The profiler sees the kernels replayed from the CUDA graph, MACKO's among them.
     macko = next(row for row in rows if row["variant"] == "macko")
-    assert float(macko["profile_macko_frac"]) > 0, (tmp_path / "profile-macko-d0.5.txt").read_text()
+    profile = (tmp_path / "profile-macko-d0.5.txt").read_text()
+    assert float(macko["profile_macko_frac"]) > 0, profile
     assert rows[0]["profile_macko_frac"] in ("", "0")
+    # Then a prefill of each prompt length, MACKO's kernels among its own.
+    for length in (8, 16):
+        assert f"1 x prefill of {length} tokens" in profile, profile
+        assert (tmp_path / f"profile-macko-d0.5-prefill{length}.json").exists()
+    assert "macko::" in profile.split("1 x prefill of 16 tokens")[1], profile
