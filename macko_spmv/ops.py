@@ -1,8 +1,9 @@
-"""The raw ops, torch.ops.macko_spmv.*, with their tracing and autograd rules.
+"""The raw ops, torch.ops.macko_spmv.*, with their tracing rules.
 
-The schemas and kernels live in the compiled extension (csrc/). This module
-loads it and adds what Python must add: shape functions ("fake" kernels) so
-that torch.compile traces through the ops, and the backward of multiply.
+The schemas, kernels and multiply's autograd rule live in the compiled
+extension (csrc/). This module loads it and adds what Python must add:
+shape functions ("fake" kernels) so that torch.compile traces through the
+ops.
 """
 
 import json
@@ -148,39 +149,6 @@ def _multiply_fake(values, deltas, row_indices, rows, cols, x, bias=None, scales
     return values.new_empty((x.shape[0], rows), dtype=dtype)
 
 
-# multiply's arguments by position: bias and scales (optional) follow x.
-_X, _BIAS, _SCALES = 5, 6, 7
-
-
-def _multiply_setup_context(ctx, inputs, output):
-    values, deltas, row_indices, rows, cols, x, *_ = inputs
-    scales = inputs[_SCALES] if len(inputs) > _SCALES else None
-    ctx.save_for_backward(values, deltas, row_indices, scales)
-    ctx.shape = (rows, cols)
-
-
-def _multiply_backward(ctx, grad_y):
-    # y = M x + bias, so dL/dx = M^T dL/dy, computed through the dense M
-    # (exact, at the cost of a dense scratch matrix), and dL/dbias = dL/dy
-    # summed over the batch. Gradients for the stored values are not
-    # implemented: refuse rather than return none silently.
-    needs = ctx.needs_input_grad
-    if needs[0] or (len(needs) > _SCALES and needs[_SCALES]):
-        raise NotImplementedError(
-            "macko_spmv.multiply has no gradient with respect to the matrix's values or scales; "
-            "train the dense weight and compress it afterwards"
-        )
-    grad_x = None
-    if needs[_X]:
-        values, deltas, row_indices, scales = ctx.saved_tensors
-        dense = decompress(values, deltas, row_indices, *ctx.shape, scales)
-        grad_x = grad_y @ dense
-    grad_bias = None
-    if len(needs) > _BIAS and needs[_BIAS]:
-        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
-    return (None, None, None, None, None, grad_x, grad_bias, None)[: len(needs)]
-
-
-torch.library.register_autograd(
-    "macko_spmv::multiply", _multiply_backward, setup_context=_multiply_setup_context
-)
+# multiply's autograd rule (dL/dx and dL/dbias; none for the values or
+# scales) is registered in C++ (csrc/multiply_autograd.cpp): a Python rule
+# would run on every call, with or without gradients.

@@ -22,7 +22,10 @@
 # multiply_kernel), source (Nsight Compute's per-instruction counts and
 # stall samples, SASS, of the first kernel matching PROFILE_KERNELS in each
 # case of SOURCE_CASES, as gzipped CSV), ablation
-# (benchmarks/experiments/stream_ablation.py, ABLATION_ARGS). ROUTE
+# (benchmarks/experiments/stream_ablation.py, ABLATION_ARGS); ab (right
+# after build: AB_TREE, a second source tree, built and benchmarked against
+# this one, `bench AB_ARGS` AB_ROUNDS times each, benchmarks/experiments/
+# ab_builds.sh). ROUTE
 # (default auto) is passed to bench and batch as --route. Stages run in
 # that order. Measured data lands in
 # $OUT/results.tgz, refreshed after every stage so that a run cut short
@@ -59,6 +62,15 @@ if has build; then
   # The extension must use the process's libstdc++, not a static copy.
   so=$(ls macko_spmv/_C*.so)
   echo "libstdc++ linked dynamically: $(ldd "$so" | grep -c 'libstdc++') ; ostream copies inside: $(nm -D -C "$so" | grep -c ' W std::ostream& std::ostream::_M_insert')" | tee -a "$OUT/env.txt"
+fi
+
+if has ab; then
+  step ab
+  # An A/B against another source tree (benchmarks/experiments/ab_builds.sh):
+  # this build is A, AB_TREE (a folder of the working tree) is built as B,
+  # then `bench AB_ARGS` runs with each in turn, AB_ROUNDS times.
+  OUT="$OUT/results" AB_BUILD=b PYTHON=$PYTHON bash benchmarks/experiments/ab_builds.sh \
+    $PYTHON -m macko_spmv bench ${AB_ARGS:-} --no-plot --out {out} 2>&1 | tee "$OUT/ab.log" | tail -20 || status=1
 fi
 
 if has test; then

@@ -586,10 +586,18 @@ def test_gradient_to_x(device, value_dtype, gen):
     (macko_spmv.multiply(A, x) * w).sum().backward()
     expected = w.double().cpu() @ macko_spmv.decompress(A).double().cpu()
     assert torch.allclose(x.grad.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+    # With a bias beside the scales (each optional input shifts the others'
+    # places among the op's tensor inputs): dL/dx and dL/dbias still.
+    x.grad = None
+    bias = random_x((13,), torch.float32, gen, device).requires_grad_()
+    (torch.ops.macko_spmv.multiply(*A[:5], x, bias, A.scales) * w).sum().backward()
+    assert torch.allclose(x.grad.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(bias.grad.double().cpu(), w.double().cpu().sum(0), rtol=1e-6, atol=1e-6)
     scales = A.scales.clone().requires_grad_()
-    y = torch.ops.macko_spmv.multiply(*A[:5], x.detach(), None, scales)
-    with pytest.raises(NotImplementedError, match="values or scales"):
-        y.sum().backward()
+    for bias in (None, bias.detach()):
+        y = torch.ops.macko_spmv.multiply(*A[:5], x.detach(), bias, scales)
+        with pytest.raises(NotImplementedError, match="values or scales"):
+            y.sum().backward()
 
 
 def test_torch_compile_fullgraph_cpu(value_dtype, gen):

@@ -13,7 +13,9 @@
 #   AB_TREE=ab-tree benchmarks/experiments/ab_builds.sh \
 #     python -m macko_spmv bench --shapes 8192x8192 --densities 0.5 --out {out} --no-plot
 #
-# AB_BUILD=0 skips the builds (trees already built on this machine).
+# AB_BUILD=0 skips the builds (trees already built on this machine);
+# AB_BUILD=b builds tree B only (A built already, e.g. by gpu_check.sh's
+# build stage, which runs this as its stage "ab").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/ab-out}
@@ -24,21 +26,28 @@ mkdir -p "$OUT/ab"
 tree_a=$PWD
 tree_b=$(cd "$TREE_B" && pwd)
 
-build() {  # tree, log
-  local arch jobs
+build() {  # tree, log, jobs
+  local arch
   arch=$($PYTHON -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
-  jobs=$(( $(nproc) / 2 > 1 ? $(nproc) / 2 : 1 ))
-  (cd "$1" && TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} MAX_JOBS=$jobs MACKO_BUILD_CUDA=1 \
-    $PYTHON setup.py build_ext --inplace) >"$2" 2>&1
+  (cd "$1" && TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} MAX_JOBS=$3 MACKO_BUILD_CUDA=1 \
+    $PYTHON setup.py build_ext --inplace) >"$2" 2>&1 || { tail -30 "$2"; echo "BUILD FAILED: $1"; exit 1; }
 }
 
-if [ "${AB_BUILD:-1}" = 1 ]; then
-  echo "=== builds: $(date -u +%H:%M:%S)"
-  build "$tree_a" "$OUT/ab/build-a.log" & pid_a=$!
-  build "$tree_b" "$OUT/ab/build-b.log" & pid_b=$!
-  wait $pid_a || { tail -30 "$OUT/ab/build-a.log"; echo "BUILD A FAILED"; exit 1; }
-  wait $pid_b || { tail -30 "$OUT/ab/build-b.log"; echo "BUILD B FAILED"; exit 1; }
-fi
+cores=$(nproc)
+case "${AB_BUILD:-1}" in
+  1)
+    echo "=== builds: $(date -u +%H:%M:%S)"
+    half=$(( cores / 2 > 1 ? cores / 2 : 1 ))
+    build "$tree_a" "$OUT/ab/build-a.log" "$half" & pid_a=$!
+    build "$tree_b" "$OUT/ab/build-b.log" "$half" & pid_b=$!
+    wait $pid_a || exit 1
+    wait $pid_b || exit 1
+    ;;
+  b)
+    echo "=== build of B: $(date -u +%H:%M:%S)"
+    build "$tree_b" "$OUT/ab/build-b.log" "$cores"
+    ;;
+esac
 (cd "$tree_a" && git log -1 --format='A: %h %s' 2>/dev/null || echo "A: $tree_a") | tee "$OUT/ab/trees.txt"
 echo "B: $tree_b" | tee -a "$OUT/ab/trees.txt"
 

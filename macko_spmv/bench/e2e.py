@@ -520,7 +520,8 @@ KERNEL_CATEGORIES = (
     # The dense route's slabs and the dequantized temporary of 8-bit values.
     ("macko decompress", re.compile(r"decompress_rows_kernel|dequantize_kernel")),
     ("attention", re.compile(r"attention|attn|flash|fmha|sdpa|softmax", re.IGNORECASE)),
-    ("dense matmul", re.compile(r"gemm|gemv|cublas|cutlass|xmma|matmul|splitk|dot_kernel|\bmm_", re.IGNORECASE)),
+    # nvjet: cuBLAS's GEMM kernels on Hopper (nvjet_sm90_...).
+    ("dense matmul", re.compile(r"gemm|gemv|cublas|cutlass|xmma|nvjet|matmul|splitk|dot_kernel|\bmm_", re.IGNORECASE)),
 )
 GPU_EVENT_CATEGORIES = {"kernel", "gpu_memcpy", "gpu_memset"}
 
