@@ -383,7 +383,11 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
       if (lane == 0) args.y[row] = static_cast<scalar_t>(sum * row_scale.value);
       continue;
     } else if constexpr (kVariant != kStreamProduct) {
-      const uint32_t kept = __reduce_xor_sync(kFullMask, sink);
+      // A butterfly, not __reduce_xor_sync: that needs sm_80, and the
+      // wheels build these kernels for sm_75 too.
+      uint32_t kept = sink;
+#pragma unroll
+      for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) kept ^= __shfl_xor_sync(kFullMask, kept, offset);
       if (lane == 0) reinterpret_cast<uint16_t*>(args.y)[row] = static_cast<uint16_t>(kept ^ (kept >> 16));
       continue;
     }
