@@ -19,29 +19,36 @@
 namespace macko {
 namespace cuda {
 
-// Copies 16 bytes from `src` (global memory) to `dst` (shared memory), both
-// 16-byte aligned.
-__device__ __forceinline__ void copy16_async(void* dst, const void* src) {
+// Copies 16 bytes from `src` (global memory) to the shared-space address
+// `dst` (a 32-bit address in the block's shared window, as
+// __cvta_generic_to_shared gives), both 16-byte aligned. Callers that keep
+// their shared addresses in 32 bits spend no instructions converting a
+// generic pointer per copy (with registers at the cap, the compiler
+// re-derives the window's generic base at nearly every conversion).
+__device__ __forceinline__ void copy16_async(uint32_t dst, const void* src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned shared_address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(shared_address), "l"(src) : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 #else
-  *static_cast<uint4*>(dst) = __ldg(static_cast<const uint4*>(src));
+  *static_cast<uint4*>(__cvta_shared_to_generic(dst)) = __ldg(static_cast<const uint4*>(src));
 #endif
 }
 
-// The same for 4 or 8 bytes (kBytes; both pointers aligned to it), for the
+// The same from a generic pointer `dst` into shared memory.
+__device__ __forceinline__ void copy16_async(void* dst, const void* src) {
+  copy16_async(static_cast<uint32_t>(__cvta_generic_to_shared(dst)), src);
+}
+
+// The same for 4 or 8 bytes (kBytes; both addresses aligned to it), for the
 // ends of arrays whose length is not a multiple of 16 bytes: a 16-byte copy
 // there would read past the end.
 template <int kBytes>
-__device__ __forceinline__ void copy_small_async(void* dst, const void* src) {
+__device__ __forceinline__ void copy_small_async(uint32_t dst, const void* src) {
   static_assert(kBytes == 4 || kBytes == 8, "cp.async.ca copies 4, 8 or 16 bytes");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned shared_address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(shared_address), "l"(src), "n"(kBytes) : "memory");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(dst), "l"(src), "n"(kBytes) : "memory");
 #else
   using Word = std::conditional_t<kBytes == 8, uint2, unsigned>;
-  *static_cast<Word*>(dst) = __ldg(static_cast<const Word*>(src));
+  *static_cast<Word*>(__cvta_shared_to_generic(dst)) = __ldg(static_cast<const Word*>(src));
 #endif
 }
 

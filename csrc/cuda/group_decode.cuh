@@ -101,6 +101,44 @@ __device__ __forceinline__ uint32_t load_streaming(const uint32_t* p) {
   return r;
 }
 
+// Loads from shared memory at a 32-bit shared-space address (as
+// __cvta_generic_to_shared gives): the streaming kernel computes its ring's
+// and x's addresses once, where a generic pointer would need the window's
+// generic base at every load (with registers at the cap the compiler
+// re-derives it each time). The ring's slots are written by cp.async, which
+// the compiler does not see as a store to them: each load is asm volatile
+// with a "memory" clobber, a compiler barrier like the cp.async asm (also
+// volatile, also clobbering memory) and __syncwarp, so that a load is never
+// moved before the cp.async.wait_group and __syncwarp that make its slot's
+// contents visible, nor after the cp.async that refills the slot next. (On
+// sm_90a the kernels' SASS is the same without the clobber.)
+__device__ __forceinline__ uint32_t load_shared_u16(uint32_t address) {
+  uint32_t r;  // zero-extended
+  asm volatile("ld.shared.u16 %0, [%1];" : "=r"(r) : "r"(address) : "memory");
+  return r;
+}
+
+__device__ __forceinline__ uint32_t load_shared_u32(uint32_t address) {
+  uint32_t r;
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(r) : "r"(address) : "memory");
+  return r;
+}
+
+__device__ __forceinline__ uint2 load_shared_v2(uint32_t address) {
+  uint2 r;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "r"(address) : "memory");
+  return r;
+}
+
+__device__ __forceinline__ uint4 load_shared_v4(uint32_t address) {
+  uint4 r;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "r"(address)
+               : "memory");
+  return r;
+}
+
 // The values of one group of kGroupEntries entries, loaded as 16-byte words.
 template <typename scalar_t>
 struct GroupValues {
@@ -113,11 +151,11 @@ struct GroupValues {
 #pragma unroll
     for (int w = 0; w < kWords; ++w) words[w] = load_streaming(src + w);
   }
-  // The same from shared memory (a ring of the stream, warp_ring.cuh).
-  __device__ __forceinline__ void load_shared(const scalar_t* group) {
-    const uint4* src = reinterpret_cast<const uint4*>(group);
+  // The same from shared memory (a ring of the stream, warp_ring.cuh), at
+  // the group's shared-space address.
+  __device__ __forceinline__ void load_shared(uint32_t address) {
 #pragma unroll
-    for (int w = 0; w < kWords; ++w) words[w] = src[w];
+    for (int w = 0; w < kWords; ++w) words[w] = load_shared_v4(address + 16 * w);
   }
   __device__ __forceinline__ void clear() {
 #pragma unroll
@@ -144,7 +182,7 @@ struct GroupValues {
 struct GroupBytes {
   uint2 word;
 
-  __device__ __forceinline__ void load_shared(const void* group) { word = *static_cast<const uint2*>(group); }
+  __device__ __forceinline__ void load_shared(uint32_t address) { word = load_shared_v2(address); }
   __device__ __forceinline__ uint32_t first_bits() const { return word.x; }
   __device__ __forceinline__ void clear() { word = make_uint2(0, 0); }
   // Zeroes the entries whose bit in `mask` is clear.

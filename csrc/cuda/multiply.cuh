@@ -217,11 +217,12 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
   const int64_t first_row = warp_id < args.warps ? warp_id * args.rows / args.warps : args.rows;
   const int64_t end_row = warp_id < args.warps ? (warp_id + 1) * args.rows / args.warps : args.rows;
 
-  uint8_t* ring_memory = reinterpret_cast<uint8_t*>(shared_words) + args.x_shared_bytes +
-                         static_cast<int64_t>(warp) * kRingBytesPerWarp<value_t>;
+  // Shared memory is addressed by 32-bit shared-space addresses (the
+  // shared loads in group_decode.cuh say why): x_t at the window's start,
+  // then one ring per warp.
+  const uint32_t shared_base = static_cast<uint32_t>(__cvta_generic_to_shared(shared_words));
   Ring ring;
-  ring.values = reinterpret_cast<value_t*>(ring_memory);
-  ring.nibbles = reinterpret_cast<uint32_t*>(ring_memory + Ring::kEntries * sizeof(value_t));
+  ring.place(shared_base + args.x_shared_bytes + warp * kRingBytesPerWarp<value_t>);
 
   // The warp's entries are the window [window_first, window_end), clamped
   // to the stream and to what its rows can hold (each row at most cols
@@ -266,7 +267,18 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
     }
   }
 
-  const scalar_t* x = args.x_t;
+  // What add_group gathers x from: one vector in shared memory by its
+  // shared-space address, a batch there by a generic pointer, x_t in global
+  // memory by its pointer.
+  const auto x = [&] {
+    if constexpr (kSharedX && kBatch == 1) {
+      return SharedVector<scalar_t>{shared_base};
+    } else if constexpr (kSharedX) {
+      return reinterpret_cast<const scalar_t*>(shared_words);
+    } else {
+      return args.x_t;
+    }
+  }();
   if constexpr (kSharedX) {
     if constexpr (kBatch == 1) {
       stage_x<scalar_t, 1>(args.x, args.cols, shared_words);
@@ -274,7 +286,6 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
       stage_x_transposed<scalar_t, kBatch>(args.x, args.x_stride, args.batch, args.cols, shared_words);
     }
     __syncthreads();
-    x = reinterpret_cast<const scalar_t*>(shared_words);
   }
   if (first_row >= args.rows) return;  // warp-uniform, after the block's barrier
 
@@ -318,8 +329,8 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
         first[u] = step + (u * kWarpSize + lane) * kGroup;
         const int position = first[u] & (Ring::kEntries - 1);
         if (stage_in_row || first[u] < row_end) {  // warp-uniform true inside a row
-          group[u].load_shared(ring.values + position);
-          nibbles[u] = ring.nibbles[position / kGroup];
+          group[u].load_shared(ring.group_values(position));
+          nibbles[u] = ring.group_nibbles(position);
         } else {
           group[u].clear();
           nibbles[u] = 0;

@@ -12,6 +12,39 @@ namespace macko {
 namespace cuda {
 namespace multiply_impl {
 
+// Where a one-vector kernel gathers x from: a generic pointer (x in global
+// memory), or, for x in shared memory, its 32-bit shared-space address, so
+// that each gathered element is one ld.shared at base + 2 col (with
+// registers at the cap, a generic pointer into shared memory costs the
+// re-derivation of the window's generic base before the gathers). The
+// batch kernels take generic pointers.
+template <typename scalar_t>
+struct SharedVector {
+  uint32_t address;
+};
+
+// The raw bits of x[col], 16-bit scalars.
+template <typename scalar_t>
+__device__ __forceinline__ uint32_t x_bits(const scalar_t* x, unsigned col) {
+  static_assert(sizeof(scalar_t) == 2, "16-bit scalars");
+  return reinterpret_cast<const unsigned short*>(x)[col];
+}
+template <typename scalar_t>
+__device__ __forceinline__ uint32_t x_bits(SharedVector<scalar_t> x, unsigned col) {
+  static_assert(sizeof(scalar_t) == 2, "16-bit scalars");
+  return load_shared_u16(x.address + 2 * col);
+}
+
+// x as a generic pointer, for the FMA path's loads.
+template <typename scalar_t>
+__device__ __forceinline__ const scalar_t* x_pointer(const scalar_t* x) {
+  return x;
+}
+template <typename scalar_t>
+__device__ __forceinline__ const scalar_t* x_pointer(SharedVector<scalar_t> x) {
+  return static_cast<const scalar_t*>(__cvta_shared_to_generic(x.address));
+}
+
 // kBatch consecutive scalars of x_t at one column, as floats, in as few
 // loads as their width allows (x_t rows are aligned to their width). x_t is
 // in shared memory or, when it does not fit there, in global memory.
@@ -64,10 +97,11 @@ struct RowDot {
     for (int b = 0; b < kBatch; ++b) acc[b] = 0.0f;
   }
   // in_row: the group's entries that belong to the row (the others get no
-  // weight, see fma_group).
+  // weight, see fma_group). x: a pointer, or (one vector) a SharedVector.
+  template <typename Vector>
   __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
-                                            unsigned base, const scalar_t* x, unsigned last_col, unsigned in_row) {
-    fma_group(group, steps, base, x, last_col, in_row, acc);
+                                            unsigned base, const Vector& x, unsigned last_col, unsigned in_row) {
+    fma_group(group, steps, base, x_pointer(x), last_col, in_row, acc);
   }
   // The warp's sum for right-hand side b (in every lane).
   __device__ __forceinline__ float total(int b, int /*lane*/) const { return warp_sum(acc[b]); }
@@ -117,18 +151,18 @@ struct RowDot<scalar_t, 1, true> {
   }
 
   // in_row: the group's entries that belong to the row (the others get no
-  // weight, see fma_group).
+  // weight, see fma_group). x: a pointer, or a SharedVector.
+  template <typename Vector>
   __device__ __forceinline__ void add_group(const GroupValues<scalar_t>& group, const GroupSteps& steps,
-                                            unsigned base, const scalar_t* x, unsigned last_col, unsigned in_row) {
+                                            unsigned base, const Vector& x, unsigned last_col, unsigned in_row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     float acc[1] = {low[0]};
-    fma_group(group, steps, base, x, last_col, in_row, acc);
+    fma_group(group, steps, base, x_pointer(x), last_col, in_row, acc);
     low[0] = acc[0];
 #else
-    const unsigned short* x_bits = reinterpret_cast<const unsigned short*>(x);
     uint32_t xs[kGroupEntries];
     for_each_column(steps, base, [&](int j, unsigned col) {
-      xs[j] = (in_row >> j) & 1u ? x_bits[min(col, last_col)] : 0u;
+      xs[j] = (in_row >> j) & 1u ? x_bits(x, min(col, last_col)) : 0u;
     });
     const uint32_t a[4] = {__byte_perm(xs[0], xs[1], 0x5410), __byte_perm(xs[4], xs[5], 0x5410),
                            __byte_perm(xs[2], xs[3], 0x5410), __byte_perm(xs[6], xs[7], 0x5410)};

@@ -74,8 +74,10 @@ struct WarpRing {
   static constexpr int kOriginEntries = 16 * 2;
   static_assert(kChunkEntries % kOriginEntries == 0, "chunks start on whole 16-byte copies of deltas");
 
-  value_t* values;    // [kEntries], shared memory
-  uint32_t* nibbles;  // [kEntries / 8] words, shared memory
+  // The slots, by 32-bit shared-space address, computed once (why: the
+  // shared loads in group_decode.cuh).
+  uint32_t values_base;   // [kEntries] values
+  uint32_t nibbles_base;  // [kEntries / 8] words of nibbles
   int64_t origin;     // first entry of chunk 0 (a multiple of kOriginEntries)
   int limit;          // entries [0, limit) of the window may be read (a multiple of 8)
   int issued;         // chunks whose (possibly empty) copy group has been committed
@@ -84,6 +86,23 @@ struct WarpRing {
   // deltas.
   const value_t* lane_values;
   const uint8_t* lane_deltas;
+
+  // The slots start at shared-space address `slots`: kRingBytesPerWarp
+  // bytes, 16-byte aligned.
+  __device__ __forceinline__ void place(uint32_t slots) {
+    values_base = slots;
+    nibbles_base = slots + kEntries * static_cast<uint32_t>(sizeof(value_t));
+  }
+
+  // The shared-space address of the values of the group at ring position
+  // `position` (its first entry's, modulo kEntries).
+  __device__ __forceinline__ uint32_t group_values(int position) const {
+    return values_base + position * static_cast<uint32_t>(sizeof(value_t));
+  }
+  // The nibbles of that group: one word.
+  __device__ __forceinline__ uint32_t group_nibbles(int position) const {
+    return load_shared_u32(nibbles_base + position / static_cast<int>(kGroupEntries) * 4);
+  }
 
   // The window is entries [first, end) of the stream, end <= n_entries;
   // issues the chunks its first stage can read.
@@ -101,13 +120,13 @@ struct WarpRing {
   __device__ __forceinline__ void copy_chunk(int lane) {
     const int first = issued * kChunkEntries;
     const int slot = first & (kEntries - 1);
-    value_t* value_slot = values + slot + lane * kLaneEntries;
-    uint8_t* nibble_slot = reinterpret_cast<uint8_t*>(nibbles) + slot / 2 + lane * 16;
+    const uint32_t value_slot = group_values(slot + lane * kLaneEntries);
+    const uint32_t nibble_slot = nibbles_base + slot / 2 + lane * 16;
     if (first + kChunkEntries <= limit) {  // warp-uniform: a whole chunk
       if (lane < kValueLanes) {
 #pragma unroll
         for (int w = 0; w < kLaneCopies; ++w) {
-          copy16_async(value_slot + w * kValuesPerCopy, lane_values + w * kValuesPerCopy);
+          copy16_async(value_slot + w * 16, lane_values + w * kValuesPerCopy);
         }
       }
       if (lane < kNibbleLanes) copy16_async(nibble_slot, lane_deltas);
@@ -116,7 +135,7 @@ struct WarpRing {
       if (lane < kValueLanes && lane_entries >= kLaneEntries) {
 #pragma unroll
         for (int w = 0; w < kLaneCopies; ++w) {
-          copy16_async(value_slot + w * kValuesPerCopy, lane_values + w * kValuesPerCopy);
+          copy16_async(value_slot + w * 16, lane_values + w * kValuesPerCopy);
         }
       } else if (sizeof(value_t) == 1 && lane < kValueLanes && lane_entries >= kGroupEntries) {
         copy_small_async<8>(value_slot, lane_values);  // the first of the lane's two groups
@@ -133,8 +152,12 @@ struct WarpRing {
   }
 
   // Commits copy groups up to chunk target - 1, each with its chunk's
-  // copies if the chunk is in the window.
+  // copies if the chunk is in the window. A stage mostly issues kSteps
+  // chunks (two but for fp32): unrolled by two. Left to itself, with the
+  // 32-bit slot addresses the compiler unrolls by four behind three
+  // remainder copies: twice the code, and no fewer instructions per chunk.
   __device__ __forceinline__ void issue_up_to(int target, int lane) {
+#pragma unroll 2
     while (issued < target) {  // warp-uniform
       if (issued * kChunkEntries < limit) copy_chunk(lane);
       commit_async_copies();
