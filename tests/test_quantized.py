@@ -266,11 +266,12 @@ def check_rounds_like_decompress(A, dtype, gen, one_vector_calls):
         # with the NaN and inf of the rows of the largest scales (their sums
         # overflow) in the same places.
         product = macko_spmv.ops.multiply(*A[:5], x.to(device), None, A.scales).cpu()
-        check_product(product[:, keep], y_ref[:, keep], magnitude[:, keep], dtype, "multiply with every byte value")
+        check_product(product[:, keep], y_ref[:, keep], magnitude[:, keep], dtype, "multiply with every byte value",
+                      terms=256)  # the rows of the smallest scales sum products near float32's subnormals
         torch.testing.assert_close(y, (product.float() + bias.float()).to(dtype), rtol=0, atol=0, equal_nan=True)
     else:
         check_product(y[:, keep], (y_ref + bias.double())[:, keep], magnitude[:, keep], dtype,
-                      "multiply with every byte value")
+                      "multiply with every byte value", terms=256)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=short)

@@ -86,15 +86,26 @@ def reference_product(W, x):
     return y_ref, magnitude
 
 
-def check_product(y, y_ref, magnitude, dtype, what):
+# Half the spacing of float32's subnormals: what one float32 addition can
+# lose in absolute terms once its sum underflows (where the relative bound
+# of ACCUMULATION_TOL no longer holds).
+FLOAT32_UNDERFLOW_STEP = 2.0**-150
+
+
+def check_product(y, y_ref, magnitude, dtype, what, terms=0):
     """Raises ResultMismatchError (naming ``what``) unless y matches the
     float64 reference within the rounding that a float32 accumulation into
-    ``dtype`` allows (see ACCUMULATION_TOL). NaN in y counts as wrong."""
+    ``dtype`` allows (see ACCUMULATION_TOL). NaN in y counts as wrong.
+    terms: the products summed into each output (a row's length), for
+    outputs whose float32 partial sums may underflow (products near
+    float32's smallest numbers): each addition may then lose up to
+    FLOAT32_UNDERFLOW_STEP."""
     if tuple(y.shape) != tuple(y_ref.shape):
         raise ResultMismatchError(f"{what}: got shape {tuple(y.shape)}, expected {tuple(y_ref.shape)}")
     y = y.to(y_ref.device)
     info = torch.finfo(dtype)
-    bound = info.eps * y_ref.abs() + ACCUMULATION_TOL * magnitude + info.tiny * info.eps
+    bound = (info.eps * y_ref.abs() + ACCUMULATION_TOL * magnitude + info.tiny * info.eps
+             + terms * FLOAT32_UNDERFLOW_STEP)  # fmt: skip
     error = (y.double() - y_ref).abs()
     wrong = ~(error <= bound)  # written so that NaN counts as wrong
     if bool(wrong.any()):
