@@ -48,8 +48,9 @@ case "${AB_BUILD:-1}" in
     build "$tree_b" "$OUT/ab/build-b.log" "$cores"
     ;;
 esac
-(cd "$tree_a" && git log -1 --format='A: %h %s' 2>/dev/null || echo "A: $tree_a") | tee "$OUT/ab/trees.txt"
-echo "B: $tree_b" | tee -a "$OUT/ab/trees.txt"
+# Paths only: a copied tree's .git (if any) need not be its code's commit,
+# so which code each tree held goes in the results' README by hand.
+printf 'A: %s\nB: %s\n' "$tree_a" "$tree_b" | tee "$OUT/ab/trees.txt"
 
 status=0
 for round in $(seq 1 "$ROUNDS"); do
