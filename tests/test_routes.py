@@ -63,11 +63,12 @@ def test_strided_and_leading_dims(route, gen):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_dense_route_over_several_slabs(monkeypatch, dtype, gen):
-    """A matrix of more rows than one slab (4096 rows or 32 MB): every slab's
-    rows land in their columns of y."""
+    """A matrix of more rows than one slab (4096 rows, or more up to 128 MiB):
+    every slab's rows land in their columns of y (here two slabs of 2050
+    rows, 32.8 kB each)."""
     monkeypatch.setenv("MACKO_MULTIPLY_ROUTE", "dense")
-    M = random_pruned(4100, 8200, 0.3, dtype, gen).cuda()
-    X = random_x((24, 8200), dtype, gen)
+    M = random_pruned(4100, 16400, 0.3, dtype, gen).cuda()
+    X = random_x((24, 16400), dtype, gen)
     assert_product_close(poisoned_multiply(macko_spmv.compress(M), X), M, X)
 
 

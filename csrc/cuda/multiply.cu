@@ -68,13 +68,18 @@ constexpr int64_t kStreamMaxBatch = 8;
 constexpr int64_t kTilesMaxBatch = 16;
 constexpr double kSparseStoredFraction = 0.25;
 constexpr double kStreamSparseMinElements = static_cast<double>(int64_t{1} << 27);
-// A dense slab of the dense route: kSlabBytes, but at least kMinSlabRows
-// rows. decompress walks one row per warp, a serial walk, so its time is
-// bound by the number of rows it can walk at once, not by DRAM (profiled on
-// an H200: slabs of 2048 rows of 8192x8192 decompressed at the whole
-// matrix's rate, ~17 us each, while their compressed bytes take ~5 us);
-// fewer, larger slabs also mean fewer launches.
-constexpr int64_t kSlabBytes = int64_t{32} << 20;
+// A dense slab of the dense route: at most kSlabBytes, but at least
+// kMinSlabRows rows; the rows split into slabs of equal size. decompress
+// walks one row per warp, a serial walk, so its time is bound by the
+// number of rows it can walk at once, not by DRAM (profiled on an H200:
+// slabs of 2048 rows of 8192x8192 decompressed at the whole matrix's rate,
+// ~17 us each, while their compressed bytes take ~5 us). Every slab costs a
+// decompress launch and a cuBLAS call, ~30-40 us of host time together,
+// and prompts of a few hundred tokens are bound by that host time (v13w):
+// 128 MiB takes the 4096- and 11008-row layers of 7B-13B models in one
+// slab (a 32 MiB slab, which stays in L2 for its GEMM, took three for the
+// 11008-row ones; v13y).
+constexpr int64_t kSlabBytes = int64_t{128} << 20;
 constexpr int64_t kMinSlabRows = 4096;
 
 // Whether the tile kernel takes this matrix (multiply_tiles.cuh).
@@ -201,10 +206,17 @@ class FullPrecisionMatmul {
 // y [batch, rows] = x [batch, cols] M^T, a slab of rows at a time.
 void multiply_dense(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
                     int64_t cols, const at::Tensor& x, at::Tensor& y) {
-  const int64_t row_bytes = cols * static_cast<int64_t>(values.element_size());
-  const int64_t slab_rows = std::min(rows, std::max(kMinSlabRows, kSlabBytes / row_bytes));
+  const int64_t row_bytes = std::max<int64_t>(1, cols * static_cast<int64_t>(values.element_size()));
+  const int64_t max_slab_rows = std::min(rows, std::max(kMinSlabRows, kSlabBytes / row_bytes));
+  const int64_t slabs = (rows + max_slab_rows - 1) / max_slab_rows;
+  const int64_t slab_rows = (rows + slabs - 1) / slabs;
   at::Tensor scratch = at::empty({slab_rows, cols}, values.options());
   const FullPrecisionMatmul<at::Context> full_precision(at::globalContext());
+  if (slabs == 1) {  // no views to make: the host time of a call is what prompts wait for
+    decompress_rows(values, deltas, row_indices, 0, cols, scratch);
+    at::mm_out(y, x, scratch.t());
+    return;
+  }
   for (int64_t first = 0; first < rows; first += slab_rows) {
     const int64_t count = std::min(slab_rows, rows - first);
     at::Tensor slab = scratch.narrow(0, 0, count);
