@@ -524,6 +524,9 @@ KERNEL_CATEGORIES = (
     ("dense matmul", re.compile(r"gemm|gemv|cublas|cutlass|xmma|nvjet|matmul|splitk|dot_kernel|\bmm_", re.IGNORECASE)),
 )
 GPU_EVENT_CATEGORIES = {"kernel", "gpu_memcpy", "gpu_memset"}
+# Host-side events: operators (nested: an op's time includes its callees')
+# and CUDA runtime and driver calls (launches, allocations, syncs).
+HOST_EVENT_CATEGORIES = {"cpu_op", "cuda_runtime", "cuda_driver"}
 
 
 def kernel_category(name):
@@ -539,16 +542,26 @@ def kernel_breakdown(trace_events):
     the last one's end, split into the time in each kernel category and the
     idle gaps (the window minus the union of all GPU activity). Returns a
     dict with window_us, busy_us, idle_us, per-category microseconds, kernel
-    count and the kernels with the most time."""
+    count and the kernels with the most time; and top_host_ops, the host
+    operators and CUDA runtime calls with the most time (a prefill is bound
+    by them when the GPU idles: which op's host time a layer call costs)."""
     activity = []
+    host = {}
     for event in trace_events:
-        if event.get("ph") == "X" and str(event.get("cat", "")).lower() in GPU_EVENT_CATEGORIES:
+        if event.get("ph") != "X":
+            continue
+        category = str(event.get("cat", "")).lower()
+        if category in GPU_EVENT_CATEGORIES:
             start, duration = float(event["ts"]), float(event.get("dur", 0.0))
             activity.append((start, start + duration, event.get("name", "?")))
+        elif category in HOST_EVENT_CATEGORIES:
+            total, count = host.get(event.get("name", "?"), (0.0, 0))
+            host[event.get("name", "?")] = (total + float(event.get("dur", 0.0)), count + 1)
     categories = {name: 0.0 for name, _ in KERNEL_CATEGORIES}
     categories["other kernels"] = 0.0
+    top_host = sorted(((total, count, name) for name, (total, count) in host.items()), reverse=True)[:20]
     result = {"kernels": len(activity), "window_us": 0.0, "busy_us": 0.0, "idle_us": 0.0,
-              "categories_us": categories, "top_kernels": []}  # fmt: skip
+              "categories_us": categories, "top_kernels": [], "top_host_ops": top_host}  # fmt: skip
     if not activity:
         return result
     activity.sort()
@@ -636,6 +649,11 @@ def format_profile(breakdown, steps, title, step_ms=None, unit="decode step"):
     lines += ["", "kernels with the most time (total ms, count, name):"]
     for total, count, name in breakdown["top_kernels"]:
         lines.append(f"  {total / 1e3:9.4f} {count:6d}  {name[:150]}")
+    if breakdown.get("top_host_ops"):
+        lines += ["", "host operators and CUDA runtime calls with the most time (total ms, calls, us a call, name; "
+                  "an operator's time includes the operators it calls):"]  # fmt: skip
+        for total, count, name in breakdown["top_host_ops"]:
+            lines.append(f"  {total / 1e3:9.4f} {count:6d} {total / count:9.1f}  {name[:120]}")
     lines += ["", "Categories by kernel name: " + "; ".join(f"{name}: /{pattern.pattern}/" for name, pattern in
                                                           KERNEL_CATEGORIES) + "; anything else (memcpy, memset "
               "included) is 'other kernels'. Idle gaps = window minus the union of all GPU activity: launch and "

@@ -465,7 +465,9 @@ def test_kernel_breakdown_splits_the_window():
          "ts": 30.0, "dur": 1.5},
         {"ph": "X", "cat": "kernel", "name": "void macko::cuda::(anonymous namespace)::dequantize_kernel<int8>",
          "ts": 31.5, "dur": 0.5},
-        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0.0, "dur": 100.0},  # host side: ignored
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0.0, "dur": 100.0},  # host side: not GPU time
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 200.0, "dur": 50.0},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 1.0, "dur": 4.0},
         {"ph": "i", "cat": "kernel", "name": "instant", "ts": 5.0},  # not a duration event: ignored
     ]
     breakdown = e2e.kernel_breakdown(events)
@@ -475,9 +477,11 @@ def test_kernel_breakdown_splits_the_window():
     assert breakdown["idle_us"] == pytest.approx(8.0)
     assert breakdown["categories_us"] == {"macko multiply": 10.0, "macko decompress": 2.0, "attention": 3.0,
                                           "dense matmul": 5.0, "other kernels": 4.0}  # fmt: skip
+    assert breakdown["top_host_ops"] == [(150.0, 2, "aten::mm"), (4.0, 1, "cudaLaunchKernel")]
     shares = e2e.breakdown_fractions(breakdown)
     assert sum(shares.values()) == pytest.approx(1.0)
     text = e2e.format_profile(breakdown, 1, "Profile of test")
+    assert "0.1500      2      75.0  aten::mm" in text
     assert "macko multiply" in text and "idle gaps" in text and "25.0%" in text and "1 x decode step" in text
     prefill = e2e.format_profile(breakdown, 1, "Prefill", 2.5, unit="prefill of 8 tokens")
     assert "1 x prefill of 8 tokens" in prefill
