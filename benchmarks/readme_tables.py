@@ -3,6 +3,7 @@
     python benchmarks/readme_tables.py benchmarks/results/h200-2026-12-01
     python benchmarks/readme_tables.py --batch FOLDER   # the batch table of one run's results.csv
     python benchmarks/readme_tables.py --values FOLDER  # 8-bit against 16-bit values, one run's results.csv
+    python benchmarks/readme_tables.py --e2e FOLDER     # the end-to-end table of one e2e run's results.csv
 
 Reads DIR/spmv, DIR/batch and DIR/e2e (the folders of one GPU session)
 through macko_spmv.bench.tables. Runs that recorded the back-to-back (CUDA
@@ -97,8 +98,8 @@ def values_table(folder):
     print(markdown_table(columns, rows))
 
 
-def e2e_table(results_dir):
-    rows = read_e2e_results(os.path.join(results_dir, "e2e"))
+def e2e_table(e2e_dir):
+    rows = read_e2e_results(e2e_dir)
     print("\nLlama-2-7B shapes (random weights), fp16, static KV cache, decode under "
           "torch.compile(mode=\"reduce-overhead\"), prefill eager, 128 new tokens:\n")  # fmt: skip
     dense = {(row["batch"], row["prompt_len"]): row for row in rows if row["variant"] == "dense"}
@@ -126,8 +127,10 @@ if __name__ == "__main__":
         batch_table(sys.argv[2])
     elif sys.argv[1] == "--values":
         values_table(sys.argv[2])
+    elif sys.argv[1] == "--e2e":
+        e2e_table(sys.argv[2])
     else:
         results_dir = sys.argv[1]
         spmv_table(results_dir)
         batch_table(os.path.join(results_dir, "batch"))
-        e2e_table(results_dir)
+        e2e_table(os.path.join(results_dir, "e2e"))
