@@ -249,6 +249,29 @@ def test_stored_zero_times_inf_is_nan(kernels, route):
     assert torch.isnan(y[:, 0]).all() and (y[:, 1] == 2.0).all()
 
 
+@pytest.mark.parametrize("special", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_first_column_reaches_only_its_rows(kernels, route, special, gen):
+    """x[0] NaN or Inf: only the rows that store column 0 turn non-finite.
+    Rows whose entries start and end inside a chunk have lanes outside the
+    row, which a kernel may point at column 0 (the AVX2 one: they must add
+    0 * 0, not 0 * x[0])."""
+    M = torch.zeros(7, 300)
+    for r, (first, count) in enumerate([(5, 3), (1, 11), (40, 17), (2, 1), (0, 9), (100, 200), (7, 40)]):
+        M[r, first:first + count] = torch.rand(count, generator=gen) + 0.5
+    A = macko_spmv.compress(M)
+    x = torch.rand(2, 300, generator=gen)
+    x[:, 0] = special
+    finite_x = x.double()
+    finite_x[:, 0] = 0  # the reference for the rows without column 0 (dense math would add 0 * x[0] = NaN)
+    for xs, x_ref in ((x[0], finite_x[0]), (x, finite_x)):  # one vector (vector route) and a batch
+        y = macko_spmv.multiply(A, xs)
+        ref = x_ref @ M.double().T
+        stores_col0 = (M[:, 0] != 0)
+        assert torch.isfinite(y[..., ~stores_col0]).all()
+        assert not torch.isfinite(y[..., stores_col0]).any()
+        torch.testing.assert_close(y[..., ~stores_col0].double(), ref[..., ~stores_col0], rtol=1e-5, atol=1e-5)
+
+
 # Corrupted arrays that bypass validation: every read must stay inside the
 # arrays. Each array is copied next to a page that may not be read, at its
 # end and at its start, so that any read past either end is a crash.
