@@ -40,6 +40,25 @@ static inline float hsum(__m256 sum) {
   return _mm_cvtss_f32(q);
 }
 
+// x[columns] by eight scalar loads.
+static inline __m256 scalar_loads(const float* x, __m256i columns) {
+  alignas(32) int32_t c[8];
+  _mm256_store_si256((__m256i*)c, columns);
+  return _mm256_setr_ps(x[c[0]], x[c[1]], x[c[2]], x[c[3]], x[c[4]], x[c[5]], x[c[6]], x[c[7]]);
+}
+
+// w[rel] for rel < 32: four permutes of the window's registers, blended by
+// the index bits 3 and 4.
+static inline __m256 window32(const float* w, __m256i rel) {
+  const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w), rel);
+  const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 8), rel);
+  const __m256 c = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 16), rel);
+  const __m256 e = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 24), rel);
+  const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(rel, 28));
+  const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(rel, 27));
+  return _mm256_blendv_ps(_mm256_blendv_ps(a, b, bit3), _mm256_blendv_ps(c, e, bit3), bit4);
+}
+
 template <int kMode>
 float row(const uint16_t* vals, const uint8_t* deltas, int64_t n, const float* x) {
   const __m256i steps = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8);
@@ -58,21 +77,13 @@ float row(const uint16_t* vals, const uint8_t* deltas, int64_t n, const float* x
     } else if constexpr (kMode == 1) {  // unmasked gather
       xs = _mm256_i32gather_ps(x, columns, 4);
     } else if constexpr (kMode == 2) {  // scalar loads
-      alignas(32) int32_t c[8];
-      _mm256_store_si256((__m256i*)c, columns);
-      xs = _mm256_setr_ps(x[c[0]], x[c[1]], x[c[2]], x[c[3]], x[c[4]], x[c[5]], x[c[6]], x[c[7]]);
+      xs = scalar_loads(x, columns);
     } else if constexpr (kMode == 3) {  // window of 32 floats after base: 4 vpermps + blends
       const float* w = x + base + 1;
       const __m256i rel = _mm256_sub_epi32(columns, _mm256_set1_epi32((int32_t)(base + 1)));
       const int rel_max = _mm256_extract_epi32(rel, 7);
       if (rel_max < 32) {
-        const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w), rel);
-        const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 8), rel);
-        const __m256 c = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 16), rel);
-        const __m256 e = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 24), rel);
-        const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(rel, 28));
-        const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(rel, 27));
-        xs = _mm256_blendv_ps(_mm256_blendv_ps(a, b, bit3), _mm256_blendv_ps(c, e, bit3), bit4);
+        xs = window32(w, rel);
       } else {
         xs = _mm256_i32gather_ps(x, columns, 4);
       }
@@ -85,13 +96,7 @@ float row(const uint16_t* vals, const uint8_t* deltas, int64_t n, const float* x
         const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 8), rel);
         xs = _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(rel, 28)));
       } else if (rel_max < 32) {
-        const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w), rel);
-        const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 8), rel);
-        const __m256 c = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 16), rel);
-        const __m256 e = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 24), rel);
-        const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(rel, 28));
-        const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(rel, 27));
-        xs = _mm256_blendv_ps(_mm256_blendv_ps(a, b, bit3), _mm256_blendv_ps(c, e, bit3), bit4);
+        xs = window32(w, rel);
       } else {
         xs = _mm256_i32gather_ps(x, columns, 4);
       }
@@ -100,17 +105,9 @@ float row(const uint16_t* vals, const uint8_t* deltas, int64_t n, const float* x
       const __m256i rel = _mm256_sub_epi32(columns, _mm256_set1_epi32((int32_t)(base + 1)));
       const int rel_max = _mm256_extract_epi32(rel, 7);
       if (__builtin_expect(rel_max < 32, 1)) {
-        const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w), rel);
-        const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 8), rel);
-        const __m256 c = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 16), rel);
-        const __m256 e = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 24), rel);
-        const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(rel, 28));
-        const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(rel, 27));
-        xs = _mm256_blendv_ps(_mm256_blendv_ps(a, b, bit3), _mm256_blendv_ps(c, e, bit3), bit4);
+        xs = window32(w, rel);
       } else {
-        alignas(32) int32_t c[8];
-        _mm256_store_si256((__m256i*)c, columns);
-        xs = _mm256_setr_ps(x[c[0]], x[c[1]], x[c[2]], x[c[3]], x[c[4]], x[c[5]], x[c[6]], x[c[7]]);
+        xs = scalar_loads(x, columns);
       }
     } else {  // no x: values only
       xs = _mm256_castsi256_ps(columns);
