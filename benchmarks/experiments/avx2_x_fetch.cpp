@@ -5,7 +5,9 @@
 // a masked gather (the kernel before c5), an unmasked gather, eight scalar
 // loads (the kernel since c5), a window of 32 floats picked by four
 // permutes and blends (the AVX-512 kernel's idea), a window of 16 with that
-// one past it, the window of 32 with scalar loads past it, and no x at all (the decode's own cost).
+// one past it, the window of 32 with scalar loads past it, two chunks an
+// iteration with scalar loads and two sums, and no x at all (the decode's
+// own cost).
 //
 //   g++ -O3 -mavx2 -mfma -mf16c -o /tmp/avx2_x_fetch benchmarks/experiments/avx2_x_fetch.cpp
 //   for d in 0.7 0.5 0.3 0.2 0.1; do /tmp/avx2_x_fetch $d; done
@@ -40,6 +42,12 @@ static inline float hsum(__m256 sum) {
   return _mm_cvtss_f32(q);
 }
 
+// The columns of a chunk of 8 with gap nibbles d after column base.
+static inline __m256i chunk_columns(uint32_t d, int64_t base) {
+  const __m256i steps = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8);
+  return _mm256_add_epi32(_mm256_cvtepu8_epi32(nibble_prefix(d)), _mm256_add_epi32(steps, _mm256_set1_epi32((int32_t)base)));
+}
+
 // x[columns] by eight scalar loads.
 static inline __m256 scalar_loads(const float* x, __m256i columns) {
   alignas(32) int32_t c[8];
@@ -61,14 +69,12 @@ static inline __m256 window32(const float* w, __m256i rel) {
 
 template <int kMode>
 float row(const uint16_t* vals, const uint8_t* deltas, int64_t n, const float* x) {
-  const __m256i steps = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8);
   __m256 sum = _mm256_setzero_ps(), sum2 = _mm256_setzero_ps();
   int64_t base = -1;
   for (int64_t k0 = 0; k0 < n; k0 += 8) {
     uint32_t d;
     std::memcpy(&d, deltas + k0 / 2, 4);
-    const __m256i columns = _mm256_add_epi32(_mm256_cvtepu8_epi32(nibble_prefix(d)),
-                                             _mm256_add_epi32(steps, _mm256_set1_epi32((int32_t)base)));
+    const __m256i columns = chunk_columns(d, base);
     const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(vals + k0)));
     __m256 xs;
     if constexpr (kMode == 0) {  // masked gather, as the library
@@ -118,6 +124,27 @@ float row(const uint16_t* vals, const uint8_t* deltas, int64_t n, const float* x
   return hsum(_mm256_add_ps(sum, sum2));
 }
 
+// Two chunks an iteration (16 entries; n a multiple of 16), scalar loads,
+// two sums: the chunks' decodes are independent but for the base column.
+float row_pairs(const uint16_t* vals, const uint8_t* deltas, int64_t n, const float* x) {
+  __m256 sum = _mm256_setzero_ps(), sum2 = _mm256_setzero_ps();
+  int64_t base = -1;
+  for (int64_t k0 = 0; k0 < n; k0 += 16) {
+    uint64_t d;
+    std::memcpy(&d, deltas + k0 / 2, 8);
+    const uint32_t lo = static_cast<uint32_t>(d), hi = static_cast<uint32_t>(d >> 32);
+    const int64_t base_hi = base + nibble_sum(lo) + 8;
+    const __m256i c0 = chunk_columns(lo, base);
+    const __m256i c1 = chunk_columns(hi, base_hi);
+    const __m256 v0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(vals + k0)));
+    const __m256 v1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(vals + k0 + 8)));
+    sum = _mm256_fmadd_ps(v0, scalar_loads(x, c0), sum);
+    sum2 = _mm256_fmadd_ps(v1, scalar_loads(x, c1), sum2);
+    base = base_hi + nibble_sum(hi) + 8;
+  }
+  return hsum(_mm256_add_ps(sum, sum2));
+}
+
 int main(int argc, char** argv) {
   const double density = argc > 1 ? atof(argv[1]) : 0.5;
   const int rows = 512, per_row = 4096;
@@ -155,5 +182,6 @@ int main(int argc, char** argv) {
   run(row<3>, "window 32");
   run(row<4>, "window 16/32");
   run(row<6>, "window32+scalar");
+  run(row_pairs, "pairs, scalar");
   run(row<5>, "no x");
 }
