@@ -64,8 +64,8 @@ def test_strided_and_leading_dims(route, gen):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_dense_route_over_several_slabs(monkeypatch, dtype, gen):
     """A matrix of more rows than one slab (4096 rows, or more up to 128 MiB):
-    every slab's rows land in their columns of y (here two slabs of 2050
-    rows, 32.8 kB each)."""
+    every slab's rows land in their columns of y (here rows of 32.8 kB,
+    two slabs of 2050 rows)."""
     monkeypatch.setenv("MACKO_MULTIPLY_ROUTE", "dense")
     M = random_pruned(4100, 16400, 0.3, dtype, gen).cuda()
     X = random_x((24, 16400), dtype, gen)
