@@ -76,8 +76,13 @@ float row(const uint16_t* vals, const uint8_t* deltas, int64_t n, const float* x
     std::memcpy(&d, deltas + k0 / 2, 4);
     const __m256i columns = chunk_columns(d, base);
     const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(vals + k0)));
+    // The window modes' columns relative to the one after base (the modes
+    // that do not read them compile them away).
+    const float* w = x + base + 1;
+    const __m256i rel = _mm256_sub_epi32(columns, _mm256_set1_epi32((int32_t)(base + 1)));
+    const int rel_max = _mm256_extract_epi32(rel, 7);
     __m256 xs;
-    if constexpr (kMode == 0) {  // masked gather, as the library
+    if constexpr (kMode == 0) {  // masked gather, as the library before c5
       const __m256 mask = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(1 << 30), columns));
       xs = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, columns, mask, 4);
     } else if constexpr (kMode == 1) {  // unmasked gather
@@ -85,18 +90,12 @@ float row(const uint16_t* vals, const uint8_t* deltas, int64_t n, const float* x
     } else if constexpr (kMode == 2) {  // scalar loads
       xs = scalar_loads(x, columns);
     } else if constexpr (kMode == 3) {  // window of 32 floats after base: 4 vpermps + blends
-      const float* w = x + base + 1;
-      const __m256i rel = _mm256_sub_epi32(columns, _mm256_set1_epi32((int32_t)(base + 1)));
-      const int rel_max = _mm256_extract_epi32(rel, 7);
       if (rel_max < 32) {
         xs = window32(w, rel);
       } else {
         xs = _mm256_i32gather_ps(x, columns, 4);
       }
     } else if constexpr (kMode == 4) {  // window of 16 floats: 2 vpermps + 1 blend
-      const float* w = x + base + 1;
-      const __m256i rel = _mm256_sub_epi32(columns, _mm256_set1_epi32((int32_t)(base + 1)));
-      const int rel_max = _mm256_extract_epi32(rel, 7);
       if (rel_max < 16) {
         const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w), rel);
         const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(w + 8), rel);
@@ -107,9 +106,6 @@ float row(const uint16_t* vals, const uint8_t* deltas, int64_t n, const float* x
         xs = _mm256_i32gather_ps(x, columns, 4);
       }
     } else if constexpr (kMode == 6) {  // window of 32, scalar loads past it
-      const float* w = x + base + 1;
-      const __m256i rel = _mm256_sub_epi32(columns, _mm256_set1_epi32((int32_t)(base + 1)));
-      const int rel_max = _mm256_extract_epi32(rel, 7);
       if (__builtin_expect(rel_max < 32, 1)) {
         xs = window32(w, rel);
       } else {
