@@ -78,11 +78,12 @@ for rows, cols, batch in [(140_001, 7, None), (3, 120_001, None), (5, 20_011, 8)
     A = macko_spmv.compress(pruned(rows, cols, 0.5, torch.float16))
     macko_spmv.multiply(A, torch.randn(*(() if batch is None else (batch,)), cols, generator=gen).half().cuda())
 
-# The dense route over several slabs (a slab is 32 MB of dense rows, at
-# least 4096 rows), and decompress's segments over a long row.
-A = macko_spmv.compress(pruned(4100, 8200, 0.3, torch.float16))
+# The dense route over several slabs (a slab is at most 128 MiB of dense
+# rows, but at least 4096 rows: 4100 x 16400 fp16 takes two slabs of 2050),
+# and decompress's segments over a long row.
+A = macko_spmv.compress(pruned(4100, 16400, 0.3, torch.float16))
 os.environ["MACKO_MULTIPLY_ROUTE"] = "dense"
-macko_spmv.multiply(A, torch.randn(24, 8200, generator=gen).half().cuda())
+macko_spmv.multiply(A, torch.randn(24, 16400, generator=gen).half().cuda())
 del os.environ["MACKO_MULTIPLY_ROUTE"]
 macko_spmv.decompress(macko_spmv.compress(pruned(3, 50_001, 0.5, torch.bfloat16)))
 
