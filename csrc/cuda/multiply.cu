@@ -87,8 +87,7 @@ constexpr int64_t kMinSlabRows = 4096;
 // values of an 8-bit matrix).
 bool tiles_apply(at::ScalarType dtype, int64_t cols) {
   const bool sixteen_bits = dtype == at::kHalf || dtype == at::kBFloat16;
-  const int device = current_device();
-  return sixteen_bits && cols % 8 == 0 && device_facts(device).major >= 8 && tiles_impl::max_batch(device) > 0;
+  return sixteen_bits && cols % 8 == 0 && device_facts(current_device()).major >= 8;
 }
 
 Route choose_route(int64_t batch, const at::Tensor& values, at::ScalarType dtype, int64_t rows, int64_t cols) {
@@ -251,17 +250,15 @@ void multiply_stream(const at::Tensor& values, const at::Tensor& deltas, const a
   }
 }
 
-// y [batch, rows] through the tile kernel, as many right-hand sides per
-// pass as the device's shared memory allows (tiles_impl::max_batch); x's
-// rows 16-byte aligned (copied if not).
+// y [batch, rows] through the tile kernel, tiles_impl::kMaxBatch
+// right-hand sides per pass; x's rows 16-byte aligned (copied if not).
 void multiply_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
                     int64_t cols, const at::Tensor& x_in, at::Tensor& y) {
   const bool aligned = x_in.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x_in.const_data_ptr()) % 16 == 0;
   const at::Tensor x = aligned ? x_in : x_in.clone(at::MemoryFormat::Contiguous);
   const int64_t batch = x.size(0);
-  const int64_t width = tiles_impl::max_batch(current_device());
-  for (int64_t b0 = 0; b0 < batch; b0 += width) {
-    const int64_t nb = std::min<int64_t>(width, batch - b0);
+  for (int64_t b0 = 0; b0 < batch; b0 += tiles_impl::kMaxBatch) {
+    const int64_t nb = std::min<int64_t>(tiles_impl::kMaxBatch, batch - b0);
     at::Tensor y_chunk = y.narrow(0, b0, nb);
     MACKO_DISPATCH_16BIT_TYPES(values.scalar_type(), "macko_multiply_tiles", [&] {
       tiles_impl::multiply_tiles_typed<scalar_t>(values, deltas, row_indices, rows, cols, x.narrow(0, b0, nb), y_chunk);
