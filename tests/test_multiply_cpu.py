@@ -332,3 +332,16 @@ def test_bad_environment_values_are_errors(monkeypatch):
     monkeypatch.setenv("MACKO_CPU_MULTIPLY_ROUTE", "fast")
     with pytest.raises(ValueError, match="MACKO_CPU_MULTIPLY_ROUTE must be vector, sparse or dense"):
         macko_spmv.multiply(A, torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("batch", [1, 5, 40])
+def test_repeated_calls_are_bitwise_equal(kernels, route, dtype, batch, gen):
+    """The same product twice gives the same bits on the CPU too: each row's
+    sum is taken by one thread in a fixed order, whatever the threads'
+    timing (the dense route's BLAS included, with the thread count fixed)."""
+    M = random_pruned(300, 700, 0.4, dtype, gen)
+    A = macko_spmv.compress(M)
+    X = random_x((batch, 700), dtype, gen, "cpu")
+    first = macko_spmv.multiply(A, X)
+    for _ in range(3):
+        assert torch.equal(macko_spmv.multiply(A, X), first)
