@@ -338,7 +338,7 @@ def test_bad_environment_values_are_errors(monkeypatch):
 def test_repeated_calls_are_bitwise_equal(kernels, route, dtype, batch, gen):
     """The same product twice gives the same bits on the CPU too: each row's
     sum is taken by one thread in a fixed order, whatever the threads'
-    timing (the dense route's BLAS included, with the thread count fixed)."""
+    timing; and the dense route's BLAS, with the thread count fixed."""
     M = random_pruned(300, 700, 0.4, dtype, gen)
     A = macko_spmv.compress(M)
     X = random_x((batch, 700), dtype, gen, "cpu")

@@ -149,9 +149,8 @@ def test_zero_columns_with_unvalidated_pointers(route):
 @pytest.mark.parametrize("batch", [1, 8, 16, 130])
 def test_repeated_calls_are_bitwise_equal(route, dtype, batch, gen):
     """The same product twice gives the same bits: no route sums in an order
-    that changes between calls (no atomics; the tile kernel adds its panels'
-    sums in a fixed order), so a model's output does not change between runs
-    of the same prompt. Many row tiles and 8 panels (the tile kernel)."""
+    that changes between calls (no atomics; the tile kernel adds its warps'
+    partial sums in a fixed order). Many row tiles for the tile kernel."""
     M = random_pruned(1000, 3000, 0.4, dtype, gen).cuda()
     A = macko_spmv.compress(M)
     X = random_x((batch, 3000), dtype, gen)
