@@ -42,6 +42,21 @@ def test_routes_agree_with_float64(route, dtype, shape, density, batch, gen):
     assert_product_close(Y, M, X)
 
 
+@pytest.mark.parametrize("density", [0.01, 0.15, 0.6])
+@pytest.mark.parametrize("batch", [8, 13, 40, 64])
+def test_tile_kernel_rows_longer_than_its_ring(dtype, density, batch, monkeypatch, gen):
+    """Rows of 16,392 columns: eight times the tile kernel's ring of 2,048
+    columns, so every row wraps the ring; at density 0.01 one warp step of
+    256 entries spans several rings' worth of columns and is stored in
+    passes. 37 rows: a last row tile of 5 rows."""
+    monkeypatch.setenv("MACKO_MULTIPLY_ROUTE", "tiles")
+    M = random_pruned(37, 16392, density, dtype, gen).cuda()
+    M[3] = 0
+    M[20, :9000] = 0  # a row whose entries start past the first rings
+    X = random_x((batch, 16392), dtype, gen)
+    assert_product_close(poisoned_multiply(macko_spmv.compress(M), X), M, X)
+
+
 def test_one_vector_through_each_route(route, dtype, gen):
     M = random_pruned(77, 501, 0.4, dtype, gen).cuda()
     x = random_x((501,), dtype, gen)

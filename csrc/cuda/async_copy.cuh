@@ -68,5 +68,49 @@ __device__ __forceinline__ void wait_async_copies() {
 #endif
 }
 
+// Shared-memory barriers (mbarrier) that let warps of a block hand buffers to
+// one another without a block-wide barrier: a barrier completes a phase when
+// its expected count of arrivals has arrived, and then starts the next; a
+// waiter names the phase by its parity. Arrivals release, waits acquire (at
+// block scope), so what a warp stored before arriving is visible to a warp
+// that waited for the phase. `address` is a 32-bit shared-space address of
+// an 8-byte aligned word.
+__device__ __forceinline__ void barrier_init(uint32_t address, unsigned count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(address), "r"(count) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void barrier_arrive(uint32_t address) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("{\n\t.reg .b64 state;\n\tmbarrier.arrive.shared.b64 state, [%0];\n\t}" ::"r"(address) : "memory");
+#endif
+}
+
+// Waits until the phase of parity `parity` has completed. A fresh barrier is
+// in phase 0, so a wait for parity 1 returns at once: a buffer's first use
+// waits for nothing. On sm_90 the thread sleeps until the phase completes
+// (or 1 ms has passed): with the system's default limit the tile kernel's
+// waiting warps woke and retried ~19 times a wait, half of the kernel's
+// instructions, issued in the slots of the warps doing the work (NOTES
+// v14e).
+__device__ __forceinline__ void barrier_wait(uint32_t address, unsigned parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  unsigned done = 0;
+  while (!done) {
+#if __CUDA_ARCH__ >= 900
+#define MACKO_BARRIER_TEST "mbarrier.try_wait.parity.shared.b64 p, [%1], %2, 1000000;"
+#else
+#define MACKO_BARRIER_TEST "mbarrier.test_wait.parity.shared.b64 p, [%1], %2;"
+#endif
+    asm volatile("{\n\t.reg .pred p;\n\t" MACKO_BARRIER_TEST "\n\tselp.u32 %0, 1, 0, p;\n\t}"
+                 : "=r"(done)
+                 : "r"(address), "r"(parity)
+                 : "memory");
+#undef MACKO_BARRIER_TEST
+  }
+#endif
+}
+
 }  // namespace cuda
 }  // namespace macko

@@ -424,21 +424,23 @@ __device__ __forceinline__ void for_each_column(const GroupSteps& steps, unsigne
 
 // A lane's group of one warp step of a row's walk (one warp per row), loaded
 // ahead of its decoding. Groups outside the row [begin, end) are not read
-// (mask 0, all zero).
-template <typename scalar_t>
+// (mask 0, all zero). index_t: global entry numbers (int64_t), or 32-bit
+// ones relative to the row's first group with `values` and `nibble_words`
+// moved there (the tile kernel: fewer instructions per load).
+template <typename scalar_t, typename index_t = int64_t>
 struct StepGroup {
   GroupValues<scalar_t> group;
   uint32_t nibbles;
   unsigned mask;  // the group's entries that belong to the row
 
-  __device__ __forceinline__ void load(const scalar_t* values, const uint32_t* nibble_words, int64_t first,
-                                       int64_t begin, int64_t end) {
-    mask = group_row_mask(first, begin, end);
+  __device__ __forceinline__ void load(const scalar_t* values, const uint32_t* nibble_words, index_t first,
+                                       index_t begin, index_t end) {
+    mask = group_row_mask<index_t>(first, begin, end);
     group.clear();
     nibbles = 0;
     if (mask) {
       group.load(values, first);
-      nibbles = load_streaming(nibble_words + first / kGroupEntries);
+      nibbles = load_streaming(nibble_words + first / static_cast<index_t>(kGroupEntries));
     }
   }
 

@@ -1,38 +1,45 @@
 // multiply_tiles.cuh: the tile kernel, y = M x for 8 to 64 right-hand sides
 // of 16-bit values per pass: "load as sparse, compute as dense".
 //
-// Algorithm. A block takes kTileRows (16) consecutive rows, one warp per
-// row, and walks them in lockstep through the columns, one segment of
-// kSegmentCols columns at a time (1024, 512 or 256 by batch width:
-// segment_cols). For each segment every warp clears its row of a dense tile
-// in shared memory and stores its row's entries of the segment into it: the
-// warp walks its row's stream a warp step (256 entries, an aligned group
-// per lane) at a time, decoding columns as every kernel here does
-// (group_decode.cuh), and keeps a step that runs into the next segment for
-// the next one. Meanwhile the block copies the segment's columns of x
-// ([batch][cols]) into a second tile with cp.async. After one barrier the
-// tile is a dense 16 x kSegmentCols block of M and x's kSegmentCols x batch
-// block beside it: the tensor cores multiply them (mma.m16n8k16, operands
-// loaded with ldmatrix), each warp one n-tile of 8 right-hand sides and a
-// slice of the segment's k-steps, accumulating across segments. Two buffers
-// alternate, so a segment's stores overlap the previous segment's
-// products, and x's block of a segment is copied during the segment before;
-// at the rows' end the warps' partial sums are added in shared memory and
-// written to y.
+// Algorithm. A block takes kTileRows (16) consecutive rows at a time and
+// has two kinds of warps. Each of its 16 producer warps walks one row's
+// stream a warp step (256 entries, an aligned group per lane) at a time,
+// decoding columns as every kernel here does (group_decode.cuh), and stores
+// the entries into that row of a ring of dense tiles in shared memory: the
+// ring holds kRingCols (2048) columns of the 16 rows as kSlots segments of
+// kSegmentCols columns. Its two consumer warps take the segments
+// in order as they fill: each multiplies a segment's dense 16 x
+// kSegmentCols tile by x's block of those columns on the tensor cores
+// (ldmatrix, mma.m16n8k16), for its share of the n-tiles of 8 right-hand
+// sides, accumulating across the row's segments, and writes its rows of y
+// after the last. Segments hand over through shared-memory barriers, two
+// per slot: `full` completes when all 16 producers have stored their
+// entries of the slot's segment, `empty` when the consumers have read it.
+// A producer takes a slot (waits for `empty`, clears its row of it) before
+// storing into it and gives it (arrives on `full`) once its walk has passed
+// the slot's last column; it holds at most kSlots segments at a time, so a
+// step that spans more is stored in passes. Each consumer copies x's block
+// of a segment into its own small ring with cp.async a few segments ahead.
+// Nothing waits for the whole block: the rows' walks run up to a ring of
+// columns apart, and the next 16 rows start as soon as a warp is done.
 //
 // Why. The streaming kernel gathers kBatch values of x per stored entry
 // from shared memory (16 bytes at batch 8, with random bank conflicts) and
 // its registers grow with the batch: past batch 2-4 it is bound by those
-// gathers. Here x is read by ldmatrix in whole 16-byte rows, once per tile,
-// and the cost per stored entry is its decode and one 2-byte store, whatever
-// the batch; the dense products cost the tensor cores little. The matrix is
-// still read once per pass, in coalesced 16-byte loads, with two steps per
-// warp in flight. What a segment costs besides its entries (clearing, x's
-// copies, the barrier) is the same for every segment, hence wide segments.
+// gathers. Here x is read by ldmatrix in whole 16-byte rows, once per
+// tile, and the cost per stored entry is its decode and one 2-byte store,
+// whatever the batch. The first tile kernel walked the 16 rows in lockstep,
+// a block barrier per segment, and spent its time waiting for the slowest
+// of 16 walks (benchmarks/NOTES.md, v13g-v13l); one without the lockstep
+// but with two lanes a row lost more to instructions than it saved (v14c).
+// This one keeps a warp per row and removes only the lockstep.
 //
-// Layout. Tile rows are kRowPitch scalars apart (kSegmentCols + 8: the 16
-// bytes of padding put ldmatrix's 8 row addresses in distinct banks). x
-// must have unit column stride, 16-byte aligned rows, and cols a multiple
+// Layout. The ring is [16 rows][kRingCols + 8] scalars: column c of the
+// tile's segment s (global segment g, counted across the block's tiles)
+// sits at ring column (g % kSlots) * kSegmentCols + c % kSegmentCols; the
+// 16 bytes of padding put ldmatrix's 8 row addresses in distinct banks. A
+// consumer's x ring is [kXSlots][its 8 * n-tiles rows][kSegmentCols + 8].
+// x must have unit column stride, 16-byte aligned rows, and cols a multiple
 // of 8 (multiply.cu checks, and copies x otherwise).
 #pragma once
 
@@ -47,40 +54,50 @@ namespace macko {
 namespace cuda {
 namespace tiles_impl {
 
-constexpr int kTileRows = 16;  // one warp a row, one mma tile high
-constexpr int kTileThreads = kTileRows * kWarpSize;
+constexpr int kTileRows = 16;  // one producer warp a row, one mma tile high
 constexpr int kMaxBatch = 64;  // right-hand sides per pass: 8 n-tiles
-// Columns a warp clears with one 16-byte store a lane.
-constexpr int kClearCols = kWarpSize * 8;
+constexpr int kRingCols = 2048;
 
-// A segment's width, by n-tiles: as wide as keeps two blocks' double
-// buffers (~100 KB each) on one SM. Each segment costs every warp a fixed
-// ~190 instructions (clearing, x's copies, the walk's entry and exit, the
-// barrier: Nsight Compute on an H200, NOTES v13i), so wider segments spend
-// fewer of them per column.
-constexpr int segment_cols(int n_tiles) { return n_tiles == 1 ? 1024 : n_tiles <= 4 ? 512 : 256; }
-
+// The shapes by n-tiles of 8 right-hand sides: two blocks of ~100 KB of
+// shared memory and 17-18 warps on an SM.
 template <int kNTiles>
 struct TileShape {
-  static constexpr int kSegmentCols = segment_cols(kNTiles);
-  static constexpr int kKSteps = kSegmentCols / 16;  // mma k-steps per segment
-  // Tile rows kRowPitch scalars apart: 16 bytes past a multiple of 128 put
-  // ldmatrix's 8 row addresses in distinct banks.
-  static constexpr int kRowPitch = kSegmentCols + 8;
-  static constexpr int kBatchPad = kNTiles * 8;
-  static constexpr int kWarpsPerNTile = kTileRows / kNTiles;  // k-slices of each n-tile
-  static constexpr int kKStepsPerWarp = kKSteps / kWarpsPerNTile;
+  static constexpr int kSegmentCols = kNTiles == 8 ? 128 : 256;
+  static constexpr int kSegmentShift = kNTiles == 8 ? 7 : 8;
+  static constexpr int kSlots = kRingCols / kSegmentCols;
+  static constexpr int kRowPitch = kRingCols + 8;    // scalars
+  // Two consumers: with one n-tile they split each segment's k-steps (and
+  // add their sums at the rows' end), with more they split the n-tiles. One
+  // consumer warp, its mma chain waiting on each ldmatrix, could not keep up
+  // with 16 producers (v14e's first run: ~150 cycles an mma).
+  static constexpr int kConsumers = 2;
+  static constexpr int kKSplit = kNTiles == 1 ? 2 : 1;
+  static constexpr int kConsumerNTiles = kNTiles * kKSplit / kConsumers;
+  static constexpr int kConsumerCols = kSegmentCols / kKSplit;  // a consumer's columns of a segment
+  static constexpr int kConsumerKSteps = kConsumerCols / 16;
+  // k-steps whose fragments are loaded before their mma: the loads of a
+  // group overlap, and the mma wait once for all of them.
+  static constexpr int kPipeline = kConsumerNTiles <= 2 ? 4 : 2;
+  // Independent accumulators per n-tile: with one n-tile, two, so that
+  // consecutive mma do not wait for each other.
+  static constexpr int kAccumulators = kConsumerNTiles == 1 ? 2 : 1;
+  static constexpr int kXSlots = kNTiles <= 2 ? 4 : 2;
+  static constexpr int kXRows = kConsumerNTiles * 8;
+  static constexpr int kXPitch = kConsumerCols + 8;
+  static constexpr int kWarps = kTileRows + kConsumers;
+  static constexpr int kThreads = kWarps * kWarpSize;
   static constexpr int kMatrixBytes = kTileRows * kRowPitch * 2;
-  static constexpr int kXBytes = kBatchPad * kRowPitch * 2;
-  static constexpr int kBufferBytes = kMatrixBytes + kXBytes;
-  static constexpr int kSharedBytes = 2 * kBufferBytes;
-  // x's copies of a segment: 16 bytes each, kXCopiesPerThread a thread.
-  static constexpr int kChunksPerXRow = kSegmentCols / 8;
-  static constexpr int kXCopiesPerThread = kBatchPad * kChunksPerXRow / kTileThreads;
-  static_assert(kSegmentCols % kClearCols == 0 && kSegmentCols % 64 == 0, "whole clearing stores, skewed pitch");
-  static_assert(kTileRows % kNTiles == 0 && kKSteps % kWarpsPerNTile == 0, "warps split the n-tiles evenly");
-  static_assert(kXCopiesPerThread * kTileThreads == kBatchPad * kChunksPerXRow, "x's copies split evenly");
-  static_assert(kTileRows * kWarpSize * 4 * 4 <= kMatrixBytes, "the final sums fit in buffer 0's matrix tile");
+  static constexpr int kXSlotBytes = kXRows * kXPitch * 2;
+  static constexpr int kXBytes = kConsumers * kXSlots * kXSlotBytes;
+  // The k-split consumers' partial sums: a float4 a lane.
+  static constexpr int kSumBytes = kKSplit > 1 ? kWarpSize * 16 : 0;
+  static constexpr int kSharedBytes = kMatrixBytes + kXBytes + kSumBytes + 2 * kSlots * 8;
+  static_assert(kSegmentCols == 1 << kSegmentShift && kRingCols % kSegmentCols == 0, "power-of-two segments");
+  static_assert((kSlots & (kSlots - 1)) == 0, "ring positions wrap with a mask");
+  static_assert(kWarpSize % (kSegmentCols / 8) == 0 || kSegmentCols % (8 * kWarpSize) == 0, "whole clears");
+  static_assert(kConsumerKSteps % kPipeline == 0, "whole pipeline groups");
+  static_assert(kXSlots >= 2 && (kXSlots & (kXSlots - 1)) == 0 && kXRows % (kWarpSize * 8 / kConsumerCols) == 0,
+                "x's copies: whole passes, slots by mask");
 };
 
 template <typename scalar_t, typename index_t>
@@ -98,119 +115,150 @@ struct TileArgs {
   int64_t n_tiles;
 };
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
+               : "r"(address)
+               : "memory");
 }
 
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row) {
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(address));
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(address)
+               : "memory");
 }
 
+__device__ __forceinline__ void store_shared_u16(uint32_t address, uint32_t value) {
+  asm volatile("st.shared.u16 [%0], %1;" ::"r"(address), "h"(static_cast<unsigned short>(value)) : "memory");
+}
+
+__device__ __forceinline__ void store_shared_zero16(uint32_t address) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(address), "r"(0) : "memory");
+}
+
+// Warp roles: warps [0, kTileRows) produce (one row each), the rest consume.
 template <typename scalar_t, typename index_t, int kNTiles>
-__global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const TileArgs<scalar_t, index_t> args) {
+__global__ void __launch_bounds__(TileShape<kNTiles>::kThreads, 2)
+    tile_multiply_kernel(const TileArgs<scalar_t, index_t> args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using Shape = TileShape<kNTiles>;
   constexpr int kSegmentCols = Shape::kSegmentCols;
-  constexpr int kRowPitch = Shape::kRowPitch;
+  constexpr int kSlots = Shape::kSlots;
   extern __shared__ uint4 shared_words[];
-  char* shared = reinterpret_cast<char*>(shared_words);
+  const uint32_t shared = static_cast<uint32_t>(__cvta_generic_to_shared(shared_words));
+  const uint32_t ring = shared;
+  const uint32_t x_rings = shared + Shape::kMatrixBytes;
+  const uint32_t sums = x_rings + Shape::kXBytes;
+  const uint32_t full_barriers = sums + Shape::kSumBytes;  // kSlots words, then kSlots `empty` words
+  const uint32_t empty_barriers = full_barriers + kSlots * 8;
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
-  const unsigned ucols = static_cast<unsigned>(args.cols);
   const int segments = (args.cols + kSegmentCols - 1) / kSegmentCols;
-  const uint32_t* nibble_words = reinterpret_cast<const uint32_t*>(args.deltas);
-  // This warp's share of the products: n-tile n_tile, k-slice k_slice.
-  const int n_tile = warp / Shape::kWarpsPerNTile;
-  const int k_slice = warp % Shape::kWarpsPerNTile;
 
-  // Both buffers start zero: x's rows past `batch` are never copied (their
+  // x's rings start zero: rows past `batch` are never copied (their
   // products land in columns of y that are not written).
-  for (int i = threadIdx.x; i < Shape::kSharedBytes / 16; i += blockDim.x) shared_words[i] = make_uint4(0, 0, 0, 0);
-  __syncthreads();
-
-  // Copies x's columns of segment `segment` into that segment's buffer, 8
-  // columns (16 bytes) a copy; zeros past the last column, so that the
-  // tile's zero columns there multiply zeros, not stale data.
-  auto copy_x = [&](int segment) {
-    scalar_t* x_tile = reinterpret_cast<scalar_t*>(shared + (segment & 1) * Shape::kBufferBytes + Shape::kMatrixBytes);
-    const int lo = segment * kSegmentCols;
-#pragma unroll
-    for (int i = 0; i < Shape::kXCopiesPerThread; ++i) {
-      const int c = threadIdx.x + i * kTileThreads;
-      const int b = c / Shape::kChunksPerXRow;  // powers of two: shifts
-      const int first_col = lo + (c % Shape::kChunksPerXRow) * 8;
-      scalar_t* dst = x_tile + b * kRowPitch + (first_col - lo);
-      if (b >= args.batch) continue;
-      if (first_col < args.cols) {
-        copy16_async(dst, args.x + b * args.x_stride + first_col);
-      } else {
-        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-      }
+  for (int i = threadIdx.x; i < Shape::kXBytes / 16; i += blockDim.x) store_shared_zero16(x_rings + 16 * i);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kSlots; ++s) {
+      // Every lane arrives: each releases its own stores (or reads).
+      barrier_init(full_barriers + 8 * s, kTileRows * kWarpSize);
+      barrier_init(empty_barriers + 8 * s, Shape::kConsumers * kWarpSize);
     }
-    commit_async_copies();
-  };
+  }
+  __syncthreads();  // the last block-wide barrier: from here warps run apart
 
-  for (int64_t tile = blockIdx.x; tile < args.n_tiles; tile += gridDim.x) {
-    // x's block for a segment is requested one segment ahead: a copy from
-    // L2 waited for in the same segment would stall every segment (the
-    // first version did, at ~1.8 us a segment).
-    copy_x(0);
-    const int64_t row = tile * kTileRows + warp;
-    int64_t begin = 0, end = 0;
-    if (row < args.rows) row_range(args.row_indices, row, args.n_entries, begin, end);
-    // The row's walk: three slots of a warp step's loads, used in turn. The
-    // slot `current` holds the step whose entries are being stored
-    // (decoded into col), the other two the next two steps' loads. A
-    // consumed slot is refilled with the step after those, so each load
-    // has two steps to arrive; the slots never move (copying a slot whose
-    // load is in flight would wait for it: the first version did, and so
-    // waited for a load it had just issued at every step, NOTES v13l).
-    int64_t step = begin & ~(kGroupEntries - 1);
-    unsigned prev_col = ~0u;
-    StepGroup<scalar_t> slot0, slot1, slot2;
-    slot0.load(args.values, nibble_words, step + lane * kGroupEntries, begin, end);
-    slot1.load(args.values, nibble_words, step + kWarpStepEntries + lane * kGroupEntries, begin, end);
-    slot2.load(args.values, nibble_words, step + 2 * kWarpStepEntries + lane * kGroupEntries, begin, end);
-    int current = 0;  // warp-uniform
-    unsigned col[kGroupEntries];
-    bool walking = step < end;  // warp-uniform
-    if (walking) slot0.decode(lane, prev_col, col);
-
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int segment = 0; segment < segments; ++segment) {
-      char* buffer = shared + (segment & 1) * Shape::kBufferBytes;
-      scalar_t* matrix_tile = reinterpret_cast<scalar_t*>(buffer);
-      scalar_t* x_tile = reinterpret_cast<scalar_t*>(buffer + Shape::kMatrixBytes);
-      const unsigned lo = static_cast<unsigned>(segment) * kSegmentCols;
-      const unsigned hi = lo + kSegmentCols;
-      // This warp's row of the tile: cleared, then the row's entries of the
-      // segment.
-      scalar_t* tile_row = matrix_tile + warp * kRowPitch;
+  if (warp < kTileRows) {
+    // ---- Producer: one row of each of the block's tiles.
+    const uint32_t* nibble_words = reinterpret_cast<const uint32_t*>(args.deltas);
+    const uint32_t ring_row = ring + warp * Shape::kRowPitch * 2;
+    const unsigned ucols = static_cast<unsigned>(args.cols);
+    unsigned tile_segment0 = 0;  // global number of the tile's first segment (wraps harmlessly)
+    for (int64_t tile = blockIdx.x; tile < args.n_tiles; tile += gridDim.x, tile_segment0 += segments) {
+      // Ring columns are tile columns + offset (mod kRingCols): the tile's
+      // segment s lands in slot (tile_segment0 + s) % kSlots.
+      const unsigned offset = (tile_segment0 & (kSlots - 1)) * kSegmentCols;
+      int held_from = 0, held_to = 0;  // segments [held_from, held_to) taken, not yet given
+      // Takes segment held_to: waits until the consumers have read the
+      // slot's previous segment, then clears this row of it.
+      auto take = [&]() __attribute__((always_inline)) {
+        const unsigned g = tile_segment0 + held_to;
+        const unsigned slot = g & (kSlots - 1);
+        barrier_wait(empty_barriers + 8 * slot, ((g / kSlots) & 1u) ^ 1u);
+        const uint32_t slot_row = ring_row + slot * kSegmentCols * 2;
 #pragma unroll
-      for (int i = 0; i < kSegmentCols / kClearCols; ++i) {
-        reinterpret_cast<uint4*>(tile_row)[i * kWarpSize + lane] = make_uint4(0, 0, 0, 0);
-      }
-      __syncwarp();
-      // Stores the step in `cur` (its entries in this segment); then, unless
-      // the step goes on into the next segment or the row ends, refills
-      // `cur` with the step two after the next and decodes `next`, the new
-      // current step. True if the walk moved on to `next`.
-      auto store_and_advance = [&](StepGroup<scalar_t>& cur, const StepGroup<scalar_t>& next)
-                                   __attribute__((always_inline)) {
-        const scalar_t* entry = reinterpret_cast<const scalar_t*>(cur.group.words);
-#pragma unroll
-        for (int j = 0; j < kGroupEntries; ++j) {
-          if (col[j] - lo < static_cast<unsigned>(kSegmentCols)) tile_row[col[j] - lo] = entry[j];
+        for (int i = lane; i < kSegmentCols / 8; i += kWarpSize) store_shared_zero16(slot_row + 16 * i);
+        ++held_to;
+      };
+      // Gives segments [held_from, to): every entry of this row in them is stored.
+      auto give = [&](int to) __attribute__((always_inline)) {
+#pragma unroll 1
+        for (; held_from < to; ++held_from) {
+          barrier_arrive(full_barriers + 8 * ((tile_segment0 + held_from) & (kSlots - 1)));
         }
-        if (prev_col >= hi) return false;  // the step goes on into the next segment
+      };
+
+      const int64_t row = tile * kTileRows + warp;
+      int64_t begin = 0, end = 0;
+      if (row < args.rows) row_range(args.row_indices, row, args.n_entries, begin, end);
+      // Positions relative to the row's first group. A walk stops within
+      // `cols` entries (each moves the column on), so capping the row's
+      // length there changes nothing but keeps the positions in 32 bits.
+      const int64_t first_group = begin & ~(kGroupEntries - 1);
+      const int row_begin = static_cast<int>(begin - first_group);
+      const int row_end = static_cast<int>(std::min<int64_t>(end - first_group, int64_t{args.cols} + 1024));
+      const scalar_t* row_values = args.values + first_group;
+      const uint32_t* row_nibbles = nibble_words + first_group / kGroupEntries;
+
+      // The row's walk: three slots of a warp step's loads, used in turn.
+      // The slot `current` holds the step whose entries are being stored
+      // (decoded into col), the other two the next two steps' loads; a
+      // consumed slot is refilled with the step after those, so each load
+      // has two steps to arrive. The slots never move (NOTES v13l).
+      int step = 0;
+      const int lane_first = lane * static_cast<int>(kGroupEntries);
+      StepGroup<scalar_t, int> slot0, slot1, slot2;
+      slot0.load(row_values, row_nibbles, lane_first, row_begin, row_end);
+      slot1.load(row_values, row_nibbles, kWarpStepEntries + lane_first, row_begin, row_end);
+      slot2.load(row_values, row_nibbles, 2 * kWarpStepEntries + lane_first, row_begin, row_end);
+      int current = 0;  // warp-uniform
+      unsigned prev_col = offset - 1u;  // ring space: tile column + offset
+      unsigned col[kGroupEntries];
+      bool walking = row_begin < row_end;  // warp-uniform
+      if (walking) slot0.decode(lane, prev_col, col);
+
+      // Stores the step in `cur`, taking and giving segments as it goes;
+      // then refills `cur` with the step two after the next and decodes
+      // `next`, the new current step. False when the row's walk is over.
+      auto store_and_advance = [&](StepGroup<scalar_t, int>& cur, const StepGroup<scalar_t, int>& next)
+                                   __attribute__((always_inline)) {
+        const unsigned last = prev_col - offset;  // the step's last column (>= cols only if corrupted)
+        const int needed = static_cast<int>(min(last >> Shape::kSegmentShift, static_cast<unsigned>(segments - 1))) + 1;
+        const uint32_t* entry = reinterpret_cast<const uint32_t*>(cur.group.words);
+        while (true) {
+          const int to = min(needed, held_from + kSlots);
+#pragma unroll 1
+          while (held_to < to) take();
+          __syncwarp();  // the row's slots are clear before any lane stores into them
+          // This pass stores the entries in segments [held_from, to).
+          const unsigned lo = static_cast<unsigned>(held_from) * kSegmentCols + offset;
+          const unsigned span = static_cast<unsigned>(to - held_from) * kSegmentCols;
+#pragma unroll
+          for (int j = 0; j < kGroupEntries; ++j) {
+            if (col[j] - lo < span) {
+              const uint32_t bits = entry[j / 2] >> (16 * (j % 2));
+              store_shared_u16(ring_row + ((col[j] & (kRingCols - 1)) << 1), bits);
+            }
+          }
+          if (to == needed) break;
+          give(to);
+        }
+        // Segments before the step's last column + 1 are whole.
+        give(static_cast<int>(min((last + 1u) >> Shape::kSegmentShift, static_cast<unsigned>(segments))));
         step += kWarpStepEntries;
-        walking = step < end && prev_col + 1u < ucols;  // a corrupted stream stops at the last column
+        walking = step < row_end && last + 1u < ucols;  // a corrupted stream stops at the last column
         if (!walking) return false;
-        cur.load(args.values, nibble_words, step + 2 * kWarpStepEntries + lane * kGroupEntries, begin, end);
+        cur.load(row_values, row_nibbles, step + 2 * kWarpStepEntries + lane_first, row_begin, row_end);
         next.decode(lane, prev_col, col);
         return true;
       };
@@ -226,49 +274,146 @@ __global__ void __launch_bounds__(kTileThreads, 2) tile_multiply_kernel(const Ti
         if (!moved) break;
         current = current == 2 ? 0 : current + 1;
       }
-      wait_async_copies<0>();
-      __syncthreads();  // the tile is whole, and x's block has arrived
-      // The next segment's buffer was last read by the previous segment's
-      // products, which every warp finished before this barrier.
-      if (segment + 1 < segments) copy_x(segment + 1);
-
-#pragma unroll
-      for (int s = 0; s < Shape::kKStepsPerWarp; ++s) {
-        const int k = (k_slice * Shape::kKStepsPerWarp + s) * 16;
-        uint32_t a[4], b[2];
-        ldmatrix_x4(a, matrix_tile + (lane % 16) * kRowPitch + k + (lane / 16) * 8);
-        ldmatrix_x2(b, x_tile + (n_tile * 8 + lane % 8) * kRowPitch + k + ((lane / 8) % 2) * 8);
-        multiply_impl::mma_16816<scalar_t>(acc, a, b[0], b[1]);
+      // The rest of the row's segments hold no entries: cleared and given.
+      while (held_to < segments) {
+        if (held_to - held_from == kSlots) give(held_to);
+        take();
       }
-      // No barrier here: the next segment fills the other buffer, and this
-      // one is filled again only after the next segment's barrier, which
-      // comes after every warp's products from this one.
+      give(segments);
     }
-
-    // The k-slices' partial sums, added in shared memory (buffer 0, free
-    // once every warp is past the last segment's products).
-    __syncthreads();
-    float* partial = reinterpret_cast<float*>(shared);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) partial[(warp * kWarpSize + lane) * 4 + i] = acc[i];
-    __syncthreads();
-    // acc[i] of lane 4g + t is D[g + 8 (i / 2)][2t + i % 2] (row, right-hand
-    // side within the n-tile).
-    for (int o = threadIdx.x; o < kTileRows * Shape::kBatchPad; o += blockDim.x) {
-      const int m = o % kTileRows;
-      const int n = o / kTileRows;
-      const int source_lane = (m % 8) * 4 + (n % 8) / 2;
-      const int i = (m / 8) * 2 + n % 2;
-      float sum = 0.0f;
-#pragma unroll
-      for (int s = 0; s < Shape::kWarpsPerNTile; ++s) {
-        sum += partial[(((n / 8) * Shape::kWarpsPerNTile + s) * kWarpSize + source_lane) * 4 + i];
+  } else {
+    // ---- Consumer: its n-tiles (k-slice) of every tile.
+    const int consumer = warp - kTileRows;
+    const int k_part = consumer % Shape::kKSplit;  // its columns of a segment: k_part * kConsumerCols + [0, kConsumerCols)
+    const int x_row0 = consumer / Shape::kKSplit * Shape::kXRows;  // its first right-hand side
+    const uint32_t x_ring = x_rings + consumer * Shape::kXSlots * Shape::kXSlotBytes;
+    const int64_t my_tiles = args.n_tiles > blockIdx.x ? (args.n_tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+    const int64_t my_segments = my_tiles * segments;
+    // x's block of the block's segment number h (x is the same for every
+    // tile): copied into x slot h % kXSlots, one commit group per segment
+    // (empty past the last), so that a wait with a constant finds it.
+    int64_t x_issued = 0;
+    int x_segment = 0;  // x_issued % segments
+    // A lane copies 16 bytes (8 columns) of every kXRowsPerPass-th row.
+    constexpr int kLanesPerXRow = Shape::kConsumerCols / 8;
+    constexpr int kXRowsPerPass = kWarpSize / kLanesPerXRow;
+    const int lane_x_row = lane / kLanesPerXRow;
+    const int lane_x_col = k_part * Shape::kConsumerCols + (lane % kLanesPerXRow) * 8;
+    auto issue_x = [&]() __attribute__((always_inline)) {
+      __syncwarp();  // the warp's reads of the slot (ldmatrix, any lane's rows) before these lanes' writes
+      if (x_issued < my_segments) {
+        const uint32_t slot = x_ring + (static_cast<uint32_t>(x_issued) & (Shape::kXSlots - 1)) * Shape::kXSlotBytes;
+        const int first_col = x_segment * kSegmentCols + lane_x_col;
+        const bool inside = first_col < args.cols;  // else zeros, not stale data, past the last column
+        const scalar_t* src = args.x + (x_row0 + lane_x_row) * args.x_stride + first_col;
+        uint32_t dst = slot + (lane_x_row * Shape::kXPitch + (lane % kLanesPerXRow) * 8) * 2;
+#pragma unroll 4
+        for (int r = lane_x_row; r < Shape::kXRows; r += kXRowsPerPass) {
+          if (x_row0 + r < args.batch) {
+            if (inside) {
+              copy16_async(dst, src);
+            } else {
+              store_shared_zero16(dst);
+            }
+          }
+          src += kXRowsPerPass * args.x_stride;
+          dst += kXRowsPerPass * Shape::kXPitch * 2;
+        }
+        if (++x_segment == segments) x_segment = 0;
       }
-      const int64_t out_row = tile * kTileRows + m;
-      if (n < args.batch && out_row < args.rows) args.y[n * args.rows + out_row] = static_cast<scalar_t>(sum);
+      commit_async_copies();
+      ++x_issued;
+    };
+#pragma unroll
+    for (int i = 0; i < Shape::kXSlots - 1; ++i) issue_x();
+
+    // ldmatrix addresses: A (the tile, 16 x 16 at a k-step) rows lane % 16,
+    // column halves lane / 16; B (x's 8 x 16 at a k-step, one n-tile) rows
+    // lane % 8, column halves (lane / 8) % 2.
+    const uint32_t a_lane =
+        ring + ((lane % 16) * Shape::kRowPitch + k_part * Shape::kConsumerCols + (lane / 16) * 8) * 2;
+    const uint32_t b_lane = ((lane % 8) * Shape::kXPitch + ((lane / 8) % 2) * 8) * 2;
+    unsigned g = 0;  // global segment number (wraps harmlessly); x's ring slot is g % kXSlots too
+    for (int64_t tile = blockIdx.x; tile < args.n_tiles; tile += gridDim.x) {
+      float acc[Shape::kConsumerNTiles][Shape::kAccumulators][4] = {};
+      for (int s = 0; s < segments; ++s, ++g) {
+        issue_x();  // into the slot read for segment g - 1
+        wait_async_copies<Shape::kXSlots - 1>();
+        __syncwarp();  // each lane's copies of x become visible to the warp
+        const unsigned slot = g & (kSlots - 1);
+        barrier_wait(full_barriers + 8 * slot, (g / kSlots) & 1u);
+        const uint32_t a_slot = a_lane + slot * kSegmentCols * 2;
+        const uint32_t x_slot = x_ring + (g & (Shape::kXSlots - 1)) * Shape::kXSlotBytes + b_lane;
+#pragma unroll 1
+        for (int k0 = 0; k0 < Shape::kConsumerKSteps; k0 += Shape::kPipeline) {
+          uint32_t a[Shape::kPipeline][4], b[Shape::kPipeline][Shape::kConsumerNTiles][2];
+#pragma unroll
+          for (int p = 0; p < Shape::kPipeline; ++p) {
+            ldmatrix_x4(a[p], a_slot + (k0 + p) * 32);
+#pragma unroll
+            for (int t = 0; t < Shape::kConsumerNTiles; ++t) {
+              ldmatrix_x2(b[p][t], x_slot + (t * 8 * Shape::kXPitch + (k0 + p) * 16) * 2);
+            }
+          }
+#pragma unroll
+          for (int p = 0; p < Shape::kPipeline; ++p) {
+#pragma unroll
+            for (int t = 0; t < Shape::kConsumerNTiles; ++t) {
+              multiply_impl::mma_16816<scalar_t>(acc[t][p % Shape::kAccumulators], a[p], b[p][t][0], b[p][t][1]);
+            }
+          }
+        }
+        barrier_arrive(empty_barriers + 8 * slot);  // this lane's reads of the slot are done
+      }
+      float total[Shape::kConsumerNTiles][4];
+#pragma unroll
+      for (int t = 0; t < Shape::kConsumerNTiles; ++t) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          total[t][i] = 0.0f;
+#pragma unroll
+          for (int u = 0; u < Shape::kAccumulators; ++u) total[t][i] += acc[t][u][i];
+        }
+      }
+      if constexpr (Shape::kKSplit > 1) {
+        // The second k-slice's sums to the first through shared memory; the
+        // two consumer warps meet at a named barrier (1: __syncthreads uses 0).
+        static_assert(Shape::kKSplit == 2 && Shape::kConsumerNTiles == 1, "two k-slices of one n-tile");
+        const uint32_t mine = sums + lane * 16;
+        if (k_part == 1) {
+          asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(mine), "f"(total[0][0]), "f"(total[0][1]),
+                       "f"(total[0][2]), "f"(total[0][3])
+                       : "memory");
+        }
+        asm volatile("bar.sync 1, %0;" ::"n"(2 * kWarpSize) : "memory");
+        if (k_part == 0) {
+          float other[4];
+          asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];"
+                       : "=f"(other[0]), "=f"(other[1]), "=f"(other[2]), "=f"(other[3])
+                       : "r"(mine)
+                       : "memory");
+#pragma unroll
+          for (int i = 0; i < 4; ++i) total[0][i] += other[i];
+        }
+        asm volatile("bar.sync 1, %0;" ::"n"(2 * kWarpSize) : "memory");  // read before the next tile's sums
+      }
+      // total[t][i] of lane 4q + r is D[q + 8 (i / 2)][2r + i % 2] (row,
+      // right-hand side within n-tile t).
+      if (k_part == 0) {
+#pragma unroll
+        for (int t = 0; t < Shape::kConsumerNTiles; ++t) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int n = x_row0 + t * 8 + 2 * (lane % 4) + i % 2;
+            const int64_t out_row = tile * kTileRows + lane / 4 + 8 * (i / 2);
+            if (n < args.batch && out_row < args.rows) {
+              args.y[n * args.rows + out_row] = static_cast<scalar_t>(total[t][i]);
+            }
+          }
+        }
+      }
     }
-    // Buffer 0 is cleared by the next rows' first segment only after this.
-    __syncthreads();
+    wait_async_copies<0>();  // no copy may still be writing when the warp exits
   }
 #endif
 }
@@ -279,7 +424,7 @@ void launch_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::
   using Shape = TileShape<kNTiles>;
   const int device = current_device();
   const void* kernel = reinterpret_cast<const void*>(tile_multiply_kernel<scalar_t, index_t, kNTiles>);
-  const int per_sm = std::max(1, resident_blocks(kernel, device, kTileThreads, Shape::kSharedBytes));
+  const int per_sm = std::max(1, resident_blocks(kernel, device, Shape::kThreads, Shape::kSharedBytes));
   TileArgs<scalar_t, index_t> args{};
   args.values = values.const_data_ptr<scalar_t>();
   args.deltas = deltas.const_data_ptr<uint8_t>();
@@ -294,7 +439,7 @@ void launch_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::
   args.n_tiles = (rows + kTileRows - 1) / kTileRows;
   const int64_t blocks = std::min<int64_t>(args.n_tiles, static_cast<int64_t>(per_sm) * device_facts(device).sm_count);
   tile_multiply_kernel<scalar_t, index_t, kNTiles>
-      <<<static_cast<unsigned>(blocks), kTileThreads, Shape::kSharedBytes, c10::cuda::getCurrentCUDAStream()>>>(args);
+      <<<static_cast<unsigned>(blocks), Shape::kThreads, Shape::kSharedBytes, c10::cuda::getCurrentCUDAStream()>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
