@@ -7,12 +7,13 @@
 // decoding columns as every kernel here does (group_decode.cuh), and stores
 // the entries into that row of a ring of dense tiles in shared memory: the
 // ring holds kRingCols (2048) columns of the 16 rows as kSlots segments of
-// kSegmentCols columns. Its two consumer warps take the segments
-// in order as they fill: each multiplies a segment's dense 16 x
+// kSegmentCols columns. Its two consumer warps take the segments in order
+// as they fill: each multiplies its part of a segment's dense 16 x
 // kSegmentCols tile by x's block of those columns on the tensor cores
-// (ldmatrix, mma.m16n8k16), for its share of the n-tiles of 8 right-hand
-// sides, accumulating across the row's segments, and writes its rows of y
-// after the last. Segments hand over through shared-memory barriers, two
+// (ldmatrix, mma.m16n8k16), accumulating across the row's segments: with
+// one n-tile of 8 right-hand sides each consumer takes half the segment's
+// columns (their sums are added at the rows' end), with more each takes
+// half the n-tiles. Then it writes its part of y. Segments hand over through shared-memory barriers, two
 // per slot: `full` completes when all 16 producers have stored their
 // entries of the slot's segment, `empty` when the consumers have read it.
 // A producer takes a slot (waits for `empty`, clears its row of it) before
@@ -38,7 +39,7 @@
 // tile's segment s (global segment g, counted across the block's tiles)
 // sits at ring column (g % kSlots) * kSegmentCols + c % kSegmentCols; the
 // 16 bytes of padding put ldmatrix's 8 row addresses in distinct banks. A
-// consumer's x ring is [kXSlots][its 8 * n-tiles rows][kSegmentCols + 8].
+// consumer's x ring is [kXSlots][its 8 * n-tiles rows][kConsumerCols + 8].
 // x must have unit column stride, 16-byte aligned rows, and cols a multiple
 // of 8 (multiply.cu checks, and copies x otherwise).
 #pragma once
