@@ -10,7 +10,9 @@ The local build must compile to the same SASS as the profiled one (same
 compiler, flags and architecture: the device builds for sm_90a); the script
 checks every instruction's opcode and stops if they differ. --per divides
 the counts (e.g. by the warp steps of the run: stored entries / 256) so
-that they read as instructions per unit; NVDISASM names the disassembler
+that they read as instructions per unit; --column sums another of the
+page's per-instruction columns instead, e.g. "Warp Stall Sampling (All
+Samples)" for where the warps wait; NVDISASM names the disassembler
 (default: nvdisasm on PATH, else triton's copy in the environment).
 """
 
@@ -71,14 +73,16 @@ def main(argv=None):
     parser.add_argument("--per", type=float, default=1.0)
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--nvdisasm", default=None)
+    parser.add_argument("--column", default="Instructions Executed",
+                        help="the per-instruction column to sum (default: Instructions Executed)")
     args = parser.parse_args(argv)
     rows = list(csv.reader(gzip.open(args.sass_csv, "rt")))
     # ncu's source page: a line naming the kernel, then the header row.
-    header_at = next((i for i, row in enumerate(rows) if "Address" in row and "Instructions Executed" in row), None)
+    header_at = next((i for i, row in enumerate(rows) if "Address" in row and args.column in row), None)
     if header_at is None:
-        raise SystemExit(f"{args.sass_csv}: no header row with Address and Instructions Executed")
+        raise SystemExit(f"{args.sass_csv}: no header row with Address and {args.column}")
     header = rows[header_at]
-    at, text, count = (header.index(name) for name in ("Address", "Source", "Instructions Executed"))
+    at, text, count = (header.index(name) for name in ("Address", "Source", args.column))
     profiled = [(int(r[at], 16), r[text].strip(), int(r[count])) for r in rows[header_at + 1:]
                 if len(r) > count and r[count].isdigit()]
     if not profiled:
@@ -94,7 +98,7 @@ def main(argv=None):
         line = local[address - base][1] or ("?", 0)
         by_line[line] += executed / args.per
         ops[line][opcode(instruction)] += executed / args.per
-    print(f"{sum(by_line.values()):.1f} instructions per unit, {len(profiled)} instructions matched")
+    print(f"{sum(by_line.values()):.1f} per unit ({args.column}), {len(profiled)} instructions matched")
     for (name, number), value in by_line.most_common(args.top):
         mix = ", ".join(f"{op} {v:.1f}" for op, v in ops[(name, number)].most_common(4))
         print(f"{value:7.1f}  {name}:{number}  ({mix})")

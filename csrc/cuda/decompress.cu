@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(kDecompressThreads)
           // The entries' columns; entries outside the row get ~0u, which no
           // segment holds.
           unsigned col[kGroupEntries];
-          ahead[p].decode(lane, prev_col, col);
+          ahead[p].decode(prev_col, col);
           const scalar_t* entry = reinterpret_cast<const scalar_t*>(ahead[p].group.words);
           // prev_col is now the column of the step's last entry
           // (warp-uniform): store the step's entries, and copy out every

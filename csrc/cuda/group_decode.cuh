@@ -368,6 +368,20 @@ __device__ __forceinline__ unsigned byte_at(uint32_t word) {
   return __byte_perm(word, 0u, 0x4440u + k);
 }
 
+// v plus the v of the lane kOffset below (nothing for the lowest kOffset
+// lanes), for a warp's inclusive scan: the shuffle's own predicate says
+// whether that lane exists, so no lane comparison is computed (with
+// registers at a kernel's cap the compiler recomputed those every scan).
+template <int kOffset>
+__device__ __forceinline__ uint32_t add_from_lane_below(uint32_t v) {
+  asm("{\n\t.reg .pred p;\n\t.reg .b32 other;\n\t"
+      "shfl.sync.up.b32 other|p, %0, %1, 0, -1;\n\t"
+      "@p add.u32 %0, %0, other;\n\t}"
+      : "+r"(v)
+      : "n"(kOffset));
+  return v;
+}
+
 // Base columns of kGroups (1 or 2) consecutive warp steps from the lanes'
 // total steps, with one warp scan: the two totals (each at most 128, so the
 // warp's at most 4096) share one 32-bit word. `prev_col` (warp-uniform, -1
@@ -375,17 +389,17 @@ __device__ __forceinline__ unsigned byte_at(uint32_t word) {
 // corrupted stream's columns wrap around (defined) instead of overflowing;
 // the kernels clamp or test every column before using it.
 template <int kGroups>
-__device__ __forceinline__ void warp_group_bases(const uint32_t (&totals)[kGroups], int lane,
-                                                 unsigned& prev_col, unsigned (&base)[kGroups]) {
+__device__ __forceinline__ void warp_group_bases(const uint32_t (&totals)[kGroups], unsigned& prev_col,
+                                                 unsigned (&base)[kGroups]) {
   static_assert(kGroups == 1 || kGroups == 2, "one or two groups per scan");
   uint32_t packed = totals[0];
   if constexpr (kGroups == 2) packed |= totals[1] << 16;
-  uint32_t inclusive = packed;
-#pragma unroll
-  for (int offset = 1; offset < kWarpSize; offset <<= 1) {
-    const uint32_t other = __shfl_up_sync(kFullMask, inclusive, offset);
-    if (lane >= offset) inclusive += other;
-  }
+  static_assert(kWarpSize == 32, "five scan levels");
+  uint32_t inclusive = add_from_lane_below<1>(packed);
+  inclusive = add_from_lane_below<2>(inclusive);
+  inclusive = add_from_lane_below<4>(inclusive);
+  inclusive = add_from_lane_below<8>(inclusive);
+  inclusive = add_from_lane_below<16>(inclusive);
   const uint32_t warp_total = __shfl_sync(kFullMask, inclusive, kWarpSize - 1);
   const uint32_t exclusive = inclusive - packed;
   base[0] = prev_col + (exclusive & 0xFFFFu);
@@ -422,6 +436,21 @@ __device__ __forceinline__ void for_each_column(const GroupSteps& steps, unsigne
   for_each_offset(steps, [&](int j, unsigned offset) { visit(j, base + offset); });
 }
 
+// A lane's group, decoded: entry j's column is base + offset(j). Entries
+// outside the row repeat a neighbour's offset (the caller skips them by the
+// group's mask).
+struct GroupColumns {
+  unsigned base;      // the column before the lane's first entry
+  uint32_t even_end;  // byte k: the offset of entry 2k
+  uint32_t odd_end;   // byte k: the offset of entry 2k + 1; byte 3 the lane's total step
+
+  __device__ __forceinline__ unsigned offset(int j) const {
+    return __byte_perm(j % 2 ? odd_end : even_end, 0u, 0x4440u + j / 2);
+  }
+  __device__ __forceinline__ unsigned total() const { return odd_end >> 24; }
+  __device__ __forceinline__ unsigned column(int j) const { return base + offset(j); }
+};
+
 // A lane's group of one warp step of a row's walk (one warp per row), loaded
 // ahead of its decoding. Groups outside the row [begin, end) are not read
 // (mask 0, all zero). index_t: global entry numbers (int64_t), or 32-bit
@@ -438,22 +467,41 @@ struct StepGroup {
     mask = group_row_mask<index_t>(first, begin, end);
     group.clear();
     nibbles = 0;
-    if (mask) {
-      group.load(values, first);
-      nibbles = load_streaming(nibble_words + first / static_cast<index_t>(kGroupEntries));
-    }
+    if (mask) fetch(values, nibble_words, first);
+  }
+  // The same for a group the caller knows to lie inside the row.
+  __device__ __forceinline__ void load_inside(const scalar_t* values, const uint32_t* nibble_words, index_t first) {
+    mask = 0xFFu;
+    fetch(values, nibble_words, first);
+  }
+  // A group that overlaps the row starts at or after the row's first group,
+  // so first >= 0 in both index conventions and first >> 3 is its ordinal.
+  __device__ __forceinline__ void fetch(const scalar_t* values, const uint32_t* nibble_words, index_t first) {
+    static_assert(kGroupEntries == 8, "first >> 3 is the group's ordinal");
+    group.load(values, first);
+    nibbles = load_streaming(nibble_words + (first >> 3));
   }
 
-  // The columns of the lane's entries (~0u for entries outside the row),
-  // with one warp scan; prev_col (warp-uniform, ~0u before the row's first
-  // step) moves to the column of the step's last entry.
-  __device__ __forceinline__ void decode(int lane, unsigned& prev_col, unsigned (&col)[kGroupEntries]) const {
+  // The columns of the lane's entries, with one warp scan; prev_col
+  // (warp-uniform, ~0u before the row's first step) moves to the column of
+  // the step's last entry.
+  __device__ __forceinline__ GroupColumns decode_columns(unsigned& prev_col) const {
     const GroupSteps steps(nibbles, mask);
-    const uint32_t totals[1] = {steps.odd_offsets() >> 24};
+    GroupColumns columns;
+    columns.odd_end = steps.odd_offsets();
+    columns.even_end = columns.odd_end - steps.odd;  // no borrows: byte k >= odd's byte k
+    const uint32_t totals[1] = {columns.total()};
     unsigned base[1];
-    warp_group_bases(totals, lane, prev_col, base);
-    const unsigned row_mask = mask;
-    for_each_column(steps, base[0], [&](int j, unsigned c) { col[j] = ((row_mask >> j) & 1u) ? c : ~0u; });
+    warp_group_bases(totals, prev_col, base);
+    columns.base = base[0];
+    return columns;
+  }
+
+  // The same as one column per entry, ~0u for entries outside the row.
+  __device__ __forceinline__ void decode(unsigned& prev_col, unsigned (&col)[kGroupEntries]) const {
+    const GroupColumns columns = decode_columns(prev_col);
+#pragma unroll
+    for (int j = 0; j < kGroupEntries; ++j) col[j] = ((mask >> j) & 1u) ? columns.column(j) : ~0u;
   }
 };
 

@@ -366,7 +366,7 @@ __global__ void __launch_bounds__(kMaxThreads<kBatch, kSharedX>, 1)
         totals[u] = steps[u].odd_offsets() >> 24;
       }
       unsigned base[kSteps];
-      warp_group_bases(totals, lane, prev_col, base);
+      warp_group_bases(totals, prev_col, base);
       if constexpr (kVariant == kStreamDecodeOnly) {
 #pragma unroll
         for (int u = 0; u < kSteps; ++u) sink += base[u] + steps[u].odd_offsets() + group[u].first_bits();

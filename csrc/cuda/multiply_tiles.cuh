@@ -45,6 +45,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "async_copy.cuh"
 #include "group_decode.cuh"
@@ -59,12 +61,20 @@ constexpr int kTileRows = 16;  // one producer warp a row, one mma tile high
 constexpr int kMaxBatch = 64;  // right-hand sides per pass: 8 n-tiles
 constexpr int kRingCols = 2048;
 
-// The shapes by n-tiles of 8 right-hand sides: two blocks of ~100 KB of
-// shared memory and 17-18 warps on an SM.
-template <int kNTiles>
+// Narrow segments (256 columns) by n-tiles of 8 right-hand sides, and the
+// width that MACKO_TILE_SEGMENT_COLS picks (256 or 512; an experiment
+// switch, NOTES v15b): at d = 0.5 a warp step spans ~512 columns, so a
+// 512-column segment is one take and one give a step instead of two.
+constexpr int narrow_segment_cols(int n_tiles) { return n_tiles == 8 ? 128 : 256; }
+
+constexpr int exact_log2(int v) { return v <= 1 ? 0 : 1 + exact_log2(v / 2); }
+
+// The shapes by n-tiles of 8 right-hand sides and segment width: two blocks
+// of ~100 KB of shared memory and 17-18 warps on an SM.
+template <int kNTiles, int kSegmentColsArg>
 struct TileShape {
-  static constexpr int kSegmentCols = kNTiles == 8 ? 128 : 256;
-  static constexpr int kSegmentShift = kNTiles == 8 ? 7 : 8;
+  static constexpr int kSegmentCols = kSegmentColsArg;
+  static constexpr int kSegmentShift = exact_log2(kSegmentCols);
   static constexpr int kSlots = kRingCols / kSegmentCols;
   static constexpr int kRowPitch = kRingCols + 8;    // scalars
   // Two consumers: with one n-tile they split each segment's k-steps (and
@@ -82,7 +92,7 @@ struct TileShape {
   // Independent accumulators per n-tile: with one n-tile, two, so that
   // consecutive mma do not wait for each other.
   static constexpr int kAccumulators = kConsumerNTiles == 1 ? 2 : 1;
-  static constexpr int kXSlots = kNTiles <= 2 ? 4 : 2;
+  static constexpr int kXSlots = kNTiles <= 2 && kConsumerCols <= 256 ? 4 : 2;
   static constexpr int kXRows = kConsumerNTiles * 8;
   static constexpr int kXPitch = kConsumerCols + 8;
   static constexpr int kWarps = kTileRows + kConsumers;
@@ -97,7 +107,7 @@ struct TileShape {
   static_assert((kSlots & (kSlots - 1)) == 0, "ring positions wrap with a mask");
   static_assert(kWarpSize % (kSegmentCols / 8) == 0 || kSegmentCols % (8 * kWarpSize) == 0, "whole clears");
   static_assert(kConsumerKSteps % kPipeline == 0, "whole pipeline groups");
-  static_assert(kXSlots >= 2 && (kXSlots & (kXSlots - 1)) == 0 && kXRows % (kWarpSize * 8 / kConsumerCols) == 0,
+  static_assert(kXSlots >= 2 && (kXSlots & (kXSlots - 1)) == 0 && (kXRows * kConsumerCols / 8) % kWarpSize == 0,
                 "x's copies: whole passes, slots by mask");
 };
 
@@ -114,6 +124,7 @@ struct TileArgs {
   int batch;
   scalar_t* y;  // [batch][rows]
   int64_t n_tiles;
+  int pass_segments;  // segments a pass of a step longer than the ring stores, 1..kSlots
 };
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
@@ -134,17 +145,25 @@ __device__ __forceinline__ void store_shared_u16(uint32_t address, uint32_t valu
   asm volatile("st.shared.u16 [%0], %1;" ::"r"(address), "h"(static_cast<unsigned short>(value)) : "memory");
 }
 
+// The same at address + 2 * index, the address computed in the asm: left to
+// the compiler, `lane_row + 2 * offset` became (position + offset) * 2 +
+// ring_row, two instructions an entry instead of one.
+__device__ __forceinline__ void store_shared_u16_at(uint32_t address, uint32_t index, uint32_t value) {
+  asm volatile("{\n\t.reg .u32 a;\n\tmad.lo.u32 a, %1, 2, %0;\n\tst.shared.u16 [a], %2;\n\t}" ::"r"(address),
+               "r"(index), "h"(static_cast<unsigned short>(value))
+               : "memory");
+}
+
 __device__ __forceinline__ void store_shared_zero16(uint32_t address) {
   asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(address), "r"(0) : "memory");
 }
 
 // Warp roles: warps [0, kTileRows) produce (one row each), the rest consume.
-template <typename scalar_t, typename index_t, int kNTiles>
-__global__ void __launch_bounds__(TileShape<kNTiles>::kThreads, 2)
+template <typename scalar_t, typename index_t, int kNTiles, int kSegmentCols>
+__global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
     tile_multiply_kernel(const TileArgs<scalar_t, index_t> args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  using Shape = TileShape<kNTiles>;
-  constexpr int kSegmentCols = Shape::kSegmentCols;
+  using Shape = TileShape<kNTiles, kSegmentCols>;
   constexpr int kSlots = Shape::kSlots;
   extern __shared__ uint4 shared_words[];
   const uint32_t shared = static_cast<uint32_t>(__cvta_generic_to_shared(shared_words));
@@ -213,9 +232,9 @@ __global__ void __launch_bounds__(TileShape<kNTiles>::kThreads, 2)
 
       // The row's walk: three slots of a warp step's loads, used in turn.
       // The slot `current` holds the step whose entries are being stored
-      // (decoded into col), the other two the next two steps' loads; a
-      // consumed slot is refilled with the step after those, so each load
-      // has two steps to arrive. The slots never move (NOTES v13l).
+      // (decoded into `columns`), the other two the next two steps' loads;
+      // a consumed slot is refilled with the step after those, so each
+      // load has two steps to arrive. The slots never move (NOTES v13l).
       int step = 0;
       const int lane_first = lane * static_cast<int>(kGroupEntries);
       StepGroup<scalar_t, int> slot0, slot1, slot2;
@@ -224,9 +243,9 @@ __global__ void __launch_bounds__(TileShape<kNTiles>::kThreads, 2)
       slot2.load(row_values, row_nibbles, 2 * kWarpStepEntries + lane_first, row_begin, row_end);
       int current = 0;  // warp-uniform
       unsigned prev_col = offset - 1u;  // ring space: tile column + offset
-      unsigned col[kGroupEntries];
+      GroupColumns columns{};
       bool walking = row_begin < row_end;  // warp-uniform
-      if (walking) slot0.decode(lane, prev_col, col);
+      if (walking) columns = slot0.decode_columns(prev_col);
 
       // Stores the step in `cur`, taking and giving segments as it goes;
       // then refills `cur` with the step two after the next and decodes
@@ -234,33 +253,67 @@ __global__ void __launch_bounds__(TileShape<kNTiles>::kThreads, 2)
       auto store_and_advance = [&](StepGroup<scalar_t, int>& cur, const StepGroup<scalar_t, int>& next)
                                    __attribute__((always_inline)) {
         const unsigned last = prev_col - offset;  // the step's last column (>= cols only if corrupted)
-        const int needed = static_cast<int>(min(last >> Shape::kSegmentShift, static_cast<unsigned>(segments - 1))) + 1;
         const uint32_t* entry = reinterpret_cast<const uint32_t*>(cur.group.words);
-        while (true) {
-          const int to = min(needed, held_from + kSlots);
+        auto bits = [&](int j) { return entry[j / 2] >> (16 * (j % 2)); };
+        const int needed = static_cast<int>(min(last >> Shape::kSegmentShift, static_cast<unsigned>(segments - 1))) + 1;
+        // Warp-uniform. Most steps lie inside the row, end before the last
+        // column and span at most the ring: then every entry belongs in a
+        // segment this pass holds, and is stored with no test (three or
+        // four instructions; the general path below takes nine).
+        const bool whole = (step >= row_begin && step + kWarpStepEntries <= row_end) && last < ucols &&
+                           needed <= held_from + kSlots;
+        if (whole) {
 #pragma unroll 1
-          while (held_to < to) take();
+          while (held_to < needed) take();
           __syncwarp();  // the row's slots are clear before any lane stores into them
-          // This pass stores the entries in segments [held_from, to).
-          const unsigned lo = static_cast<unsigned>(held_from) * kSegmentCols + offset;
-          const unsigned span = static_cast<unsigned>(to - held_from) * kSegmentCols;
+          const unsigned position = columns.base & (kRingCols - 1);
+          if (position + columns.total() < kRingCols) {  // the lane's entries do not wrap around the ring
+            const uint32_t lane_row = ring_row + 2 * position;
 #pragma unroll
-          for (int j = 0; j < kGroupEntries; ++j) {
-            if (col[j] - lo < span) {
-              const uint32_t bits = entry[j / 2] >> (16 * (j % 2));
-              store_shared_u16(ring_row + ((col[j] & (kRingCols - 1)) << 1), bits);
+            for (int j = 0; j < kGroupEntries; ++j) store_shared_u16_at(lane_row, columns.offset(j), bits(j));
+          } else {
+#pragma unroll
+            for (int j = 0; j < kGroupEntries; ++j) {
+              store_shared_u16(ring_row + ((columns.column(j) & (kRingCols - 1)) << 1), bits(j));
             }
           }
-          if (to == needed) break;
-          give(to);
+        } else {
+          // A step that spans more than the ring is stored in passes of
+          // args.pass_segments segments (the whole ring by default; half-ring
+          // passes, so that the consumers read one half while the rows fill
+          // the other, measured slower: NOTES v15c).
+          const int pass = needed <= held_from + kSlots ? kSlots : args.pass_segments;
+          while (true) {
+            const int to = min(needed, held_from + pass);
+#pragma unroll 1
+            while (held_to < to) take();
+            __syncwarp();  // the row's slots are clear before any lane stores into them
+            // This pass stores the entries of the row in segments [held_from, to).
+            const unsigned lo = static_cast<unsigned>(held_from) * kSegmentCols + offset;
+            const unsigned span = static_cast<unsigned>(to - held_from) * kSegmentCols;
+#pragma unroll
+            for (int j = 0; j < kGroupEntries; ++j) {
+              const unsigned col = columns.column(j);
+              if (((cur.mask >> j) & 1u) && col - lo < span) {
+                store_shared_u16(ring_row + ((col & (kRingCols - 1)) << 1), bits(j));
+              }
+            }
+            if (to == needed) break;
+            give(to);
+          }
         }
         // Segments before the step's last column + 1 are whole.
         give(static_cast<int>(min((last + 1u) >> Shape::kSegmentShift, static_cast<unsigned>(segments))));
         step += kWarpStepEntries;
         walking = step < row_end && last + 1u < ucols;  // a corrupted stream stops at the last column
         if (!walking) return false;
-        cur.load(row_values, row_nibbles, step + 2 * kWarpStepEntries + lane_first, row_begin, row_end);
-        next.decode(lane, prev_col, col);
+        const int refill = step + 2 * kWarpStepEntries;  // > row_begin
+        if (refill + kWarpStepEntries <= row_end) {  // warp-uniform
+          cur.load_inside(row_values, row_nibbles, refill + lane_first);
+        } else {
+          cur.load(row_values, row_nibbles, refill + lane_first, row_begin, row_end);
+        }
+        columns = next.decode_columns(prev_col);
         return true;
       };
       while (walking) {  // warp-uniform; each branch names its slots, so they stay put in registers
@@ -275,12 +328,13 @@ __global__ void __launch_bounds__(TileShape<kNTiles>::kThreads, 2)
         if (!moved) break;
         current = current == 2 ? 0 : current + 1;
       }
-      // The rest of the row's segments hold no entries: cleared and given.
+      // The rest of the row's segments hold no entries: each is given as
+      // soon as it is cleared.
+      give(held_to);
       while (held_to < segments) {
-        if (held_to - held_from == kSlots) give(held_to);
         take();
+        give(held_to);
       }
-      give(segments);
     }
   } else {
     // ---- Consumer: its n-tiles (k-slice) of every tile.
@@ -295,30 +349,28 @@ __global__ void __launch_bounds__(TileShape<kNTiles>::kThreads, 2)
     // (empty past the last), so that a wait with a constant finds it.
     int64_t x_issued = 0;
     int x_segment = 0;  // x_issued % segments
-    // A lane copies 16 bytes (8 columns) of every kXRowsPerPass-th row.
-    constexpr int kLanesPerXRow = Shape::kConsumerCols / 8;
-    constexpr int kXRowsPerPass = kWarpSize / kLanesPerXRow;
-    const int lane_x_row = lane / kLanesPerXRow;
-    const int lane_x_col = k_part * Shape::kConsumerCols + (lane % kLanesPerXRow) * 8;
+    // The slot's 16-byte chunks (8 columns each), row by row, go to the
+    // lanes in turn: chunk i is column chunk i % kXRowChunks of row i / kXRowChunks.
+    constexpr int kXRowChunks = Shape::kConsumerCols / 8;
+    constexpr int kXChunks = Shape::kXRows * kXRowChunks;
+    const int lane_x_col = k_part * Shape::kConsumerCols;
     auto issue_x = [&]() __attribute__((always_inline)) {
       __syncwarp();  // the warp's reads of the slot (ldmatrix, any lane's rows) before these lanes' writes
       if (x_issued < my_segments) {
         const uint32_t slot = x_ring + (static_cast<uint32_t>(x_issued) & (Shape::kXSlots - 1)) * Shape::kXSlotBytes;
-        const int first_col = x_segment * kSegmentCols + lane_x_col;
-        const bool inside = first_col < args.cols;  // else zeros, not stale data, past the last column
-        const scalar_t* src = args.x + (x_row0 + lane_x_row) * args.x_stride + first_col;
-        uint32_t dst = slot + (lane_x_row * Shape::kXPitch + (lane % kLanesPerXRow) * 8) * 2;
+        const int segment_col = x_segment * kSegmentCols + lane_x_col;
 #pragma unroll 4
-        for (int r = lane_x_row; r < Shape::kXRows; r += kXRowsPerPass) {
+        for (unsigned i = lane; i < kXChunks; i += kWarpSize) {
+          const int r = static_cast<int>(i / kXRowChunks);
+          const int c = static_cast<int>(i % kXRowChunks) * 8;
+          const uint32_t dst = slot + (r * Shape::kXPitch + c) * 2;
           if (x_row0 + r < args.batch) {
-            if (inside) {
-              copy16_async(dst, src);
+            if (segment_col + c < args.cols) {  // else zeros, not stale data, past the last column
+              copy16_async(dst, args.x + (x_row0 + r) * args.x_stride + segment_col + c);
             } else {
               store_shared_zero16(dst);
             }
           }
-          src += kXRowsPerPass * args.x_stride;
-          dst += kXRowsPerPass * Shape::kXPitch * 2;
         }
         if (++x_segment == segments) x_segment = 0;
       }
@@ -419,12 +471,34 @@ __global__ void __launch_bounds__(TileShape<kNTiles>::kThreads, 2)
 #endif
 }
 
-template <typename scalar_t, typename index_t, int kNTiles>
+// MACKO_TILE_PASS_SEGMENTS=<n>: the passes of a step longer than the ring
+// store n segments (an experiment switch, NOTES v15c; default the whole
+// ring: half-ring passes measured no faster).
+inline int pass_segments(int default_segments) {
+  static const int setting = [] {
+    const char* value = std::getenv("MACKO_TILE_PASS_SEGMENTS");
+    return value == nullptr ? 0 : std::atoi(value);
+  }();
+  return setting > 0 ? setting : default_segments;
+}
+
+// 512-column segments for batches up to 16 (NOTES v15b: 4-12% faster than
+// 256 at batches 8 and 16); MACKO_TILE_SEGMENT_COLS=256 (an experiment
+// switch) keeps the narrow ones.
+inline bool wide_segments() {
+  static const bool wide = [] {
+    const char* setting = std::getenv("MACKO_TILE_SEGMENT_COLS");
+    return setting == nullptr || std::string(setting) != "256";
+  }();
+  return wide;
+}
+
+template <typename scalar_t, typename index_t, int kNTiles, int kSegmentCols = narrow_segment_cols(kNTiles)>
 void launch_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices, int64_t rows,
                   int64_t cols, const at::Tensor& x, at::Tensor& y) {
-  using Shape = TileShape<kNTiles>;
+  using Shape = TileShape<kNTiles, kSegmentCols>;
   const int device = current_device();
-  const void* kernel = reinterpret_cast<const void*>(tile_multiply_kernel<scalar_t, index_t, kNTiles>);
+  const void* kernel = reinterpret_cast<const void*>(tile_multiply_kernel<scalar_t, index_t, kNTiles, kSegmentCols>);
   const int per_sm = std::max(1, resident_blocks(kernel, device, Shape::kThreads, Shape::kSharedBytes));
   TileArgs<scalar_t, index_t> args{};
   args.values = values.const_data_ptr<scalar_t>();
@@ -438,8 +512,9 @@ void launch_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::
   args.batch = static_cast<int>(x.size(0));
   args.y = y.mutable_data_ptr<scalar_t>();
   args.n_tiles = (rows + kTileRows - 1) / kTileRows;
+  args.pass_segments = std::clamp(pass_segments(Shape::kSlots), 1, Shape::kSlots);
   const int64_t blocks = std::min<int64_t>(args.n_tiles, static_cast<int64_t>(per_sm) * device_facts(device).sm_count);
-  tile_multiply_kernel<scalar_t, index_t, kNTiles>
+  tile_multiply_kernel<scalar_t, index_t, kNTiles, kSegmentCols>
       <<<static_cast<unsigned>(blocks), Shape::kThreads, Shape::kSharedBytes, c10::cuda::getCurrentCUDAStream()>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -452,10 +527,19 @@ void multiply_tiles_typed(const at::Tensor& values, const at::Tensor& deltas, co
   const int64_t batch = x.size(0);
   TORCH_CHECK(batch >= 1 && batch <= kMaxBatch, "macko_spmv multiply (tiles): batch ", batch, " outside 1..", kMaxBatch);
   MACKO_DISPATCH_INDEX_TYPES(row_indices.scalar_type(), "macko_row_indices", [&] {
+    const bool wide = wide_segments();
     if (batch <= 8) {
-      launch_tiles<scalar_t, index_t, 1>(values, deltas, row_indices, rows, cols, x, y);
+      if (wide) {
+        launch_tiles<scalar_t, index_t, 1, 512>(values, deltas, row_indices, rows, cols, x, y);
+      } else {
+        launch_tiles<scalar_t, index_t, 1>(values, deltas, row_indices, rows, cols, x, y);
+      }
     } else if (batch <= 16) {
-      launch_tiles<scalar_t, index_t, 2>(values, deltas, row_indices, rows, cols, x, y);
+      if (wide) {
+        launch_tiles<scalar_t, index_t, 2, 512>(values, deltas, row_indices, rows, cols, x, y);
+      } else {
+        launch_tiles<scalar_t, index_t, 2>(values, deltas, row_indices, rows, cols, x, y);
+      }
     } else if (batch <= 32) {
       launch_tiles<scalar_t, index_t, 4>(values, deltas, row_indices, rows, cols, x, y);
     } else {
