@@ -25,7 +25,9 @@
 # (benchmarks/experiments/stream_ablation.py, ABLATION_ARGS); ab (right
 # after build: AB_TREE, a second source tree, built and benchmarked against
 # this one, `bench AB_ARGS` AB_ROUNDS times each, benchmarks/experiments/
-# ab_builds.sh). ROUTE
+# ab_builds.sh); switches (right after build: `bench SWITCH_ARGS` once
+# per setting of SWITCHES, SWITCH_ROUNDS times, benchmarks/experiments/
+# env_switches.sh). ROUTE
 # (default auto) is passed to bench and batch as --route. Stages run in
 # that order. Measured data lands in
 # $OUT/results.tgz, refreshed after every stage so that a run cut short
@@ -71,6 +73,13 @@ if has ab; then
   # then `bench AB_ARGS` runs with each in turn, AB_ROUNDS times.
   OUT="$OUT/results" AB_BUILD=b PYTHON=$PYTHON bash benchmarks/experiments/ab_builds.sh \
     $PYTHON -m macko_spmv bench ${AB_ARGS:-} --no-plot --out {out} 2>&1 | tee "$OUT/ab.log" | tail -20 || status=1
+fi
+
+if has switches; then
+  step switches
+  # The kernels' experiment switches in turn, with this one build.
+  OUT="$OUT/results" PYTHON=$PYTHON bash benchmarks/experiments/env_switches.sh \
+    $PYTHON -m macko_spmv bench ${SWITCH_ARGS:-} --no-plot --out {out} 2>&1 | tee "$OUT/switches.log" | tail -20 || status=1
 fi
 
 if has test; then

@@ -46,7 +46,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <string>
 
 #include "async_copy.cuh"
 #include "group_decode.cuh"
@@ -125,6 +124,7 @@ struct TileArgs {
   scalar_t* y;  // [batch][rows]
   int64_t n_tiles;
   int pass_segments;  // segments a pass of a step longer than the ring stores, 1..kSlots
+  bool lane_x_copies;  // the consumers' x copies from lane-constant addresses where a segment allows (NOTES v15e)
 };
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
@@ -350,25 +350,52 @@ __global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
     int64_t x_issued = 0;
     int x_segment = 0;  // x_issued % segments
     // The slot's 16-byte chunks (8 columns each), row by row, go to the
-    // lanes in turn: chunk i is column chunk i % kXRowChunks of row i / kXRowChunks.
+    // lanes in turn: chunk i is column chunk i % kXRowChunks of row
+    // i / kXRowChunks. A lane's copy k is chunk lane + 32k, whose row and
+    // column are the lane's first (lane_row, lane_col) plus offsets known at
+    // compile time (both counts are powers of two), so that a copy costs a
+    // row step and the copy itself instead of ~14 instructions (NOTES v15e).
     constexpr int kXRowChunks = Shape::kConsumerCols / 8;
-    constexpr int kXChunks = Shape::kXRows * kXRowChunks;
-    const int lane_x_col = k_part * Shape::kConsumerCols;
+    constexpr int kXCopies = Shape::kXRows * kXRowChunks / kWarpSize;
+    static_assert(kWarpSize % kXRowChunks == 0 || kXRowChunks % kWarpSize == 0, "lane-constant chunk columns");
+    constexpr auto copy_row = [](int k) { return kWarpSize * k / kXRowChunks; };
+    constexpr auto copy_col = [](int k) { return kWarpSize * k % kXRowChunks * 8; };
+    const int lane_row = lane / kXRowChunks;
+    const int lane_col = lane % kXRowChunks * 8 + k_part * Shape::kConsumerCols;  // within a segment
+    const scalar_t* x_lane = args.x + (x_row0 + lane_row) * args.x_stride + lane_col;
+    const uint32_t x_lane_slot = (lane_row * Shape::kXPitch + lane % kXRowChunks * 8) * 2;
+    // Warp-uniform: every row of this consumer's x slot is a right-hand side.
+    const bool x_all_rows = x_row0 + Shape::kXRows <= args.batch;
     auto issue_x = [&]() __attribute__((always_inline)) {
       __syncwarp();  // the warp's reads of the slot (ldmatrix, any lane's rows) before these lanes' writes
       if (x_issued < my_segments) {
-        const uint32_t slot = x_ring + (static_cast<uint32_t>(x_issued) & (Shape::kXSlots - 1)) * Shape::kXSlotBytes;
-        const int segment_col = x_segment * kSegmentCols + lane_x_col;
+        const uint32_t slot = x_ring + (static_cast<uint32_t>(x_issued) & (Shape::kXSlots - 1)) * Shape::kXSlotBytes +
+                              x_lane_slot;
+        const int segment_col = x_segment * kSegmentCols;
+        const scalar_t* src = x_lane + segment_col;
+        // Warp-uniform. Not in the kernel for batches 33-64 (16 copies a lane
+        // beside 4 n-tiles of sums): it spills with this path.
+        if (kNTiles < 8 && args.lane_x_copies && x_all_rows &&
+            segment_col + (k_part + 1) * Shape::kConsumerCols <= args.cols) {
+          // The source moves on by whole rows between copies (a 64-bit add)
+          // rather than from `src` at each: with copy k's offset from `src`
+          // the compiler kept one register pair per copy live across the
+          // segment loop, and spilled.
+#pragma unroll
+          for (int k = 0; k < kXCopies; ++k) {
+            copy16_async(slot + (copy_row(k) * Shape::kXPitch + copy_col(k)) * 2, src + copy_col(k));
+            if (k + 1 < kXCopies) src += (copy_row(k + 1) - copy_row(k)) * args.x_stride;
+          }
+        } else {  // rows past the batch stay zero; columns past the last are zeroed, not left stale
 #pragma unroll 4
-        for (unsigned i = lane; i < kXChunks; i += kWarpSize) {
-          const int r = static_cast<int>(i / kXRowChunks);
-          const int c = static_cast<int>(i % kXRowChunks) * 8;
-          const uint32_t dst = slot + (r * Shape::kXPitch + c) * 2;
-          if (x_row0 + r < args.batch) {
-            if (segment_col + c < args.cols) {  // else zeros, not stale data, past the last column
-              copy16_async(dst, args.x + (x_row0 + r) * args.x_stride + segment_col + c);
-            } else {
-              store_shared_zero16(dst);
+          for (int k = 0; k < kXCopies; ++k) {
+            const uint32_t dst = slot + (copy_row(k) * Shape::kXPitch + copy_col(k)) * 2;
+            if (x_row0 + lane_row + copy_row(k) < args.batch) {
+              if (segment_col + lane_col + copy_col(k) < args.cols) {
+                copy16_async(dst, src + copy_row(k) * args.x_stride + copy_col(k));
+              } else {
+                store_shared_zero16(dst);
+              }
             }
           }
         }
@@ -471,25 +498,33 @@ __global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
 #endif
 }
 
+// The tile kernel's experiment switches: environment variables read once
+// per process, -1 where unset.
+inline int tile_setting(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr ? -1 : std::atoi(value);
+}
+
 // MACKO_TILE_PASS_SEGMENTS=<n>: the passes of a step longer than the ring
-// store n segments (an experiment switch, NOTES v15c; default the whole
-// ring: half-ring passes measured no faster).
+// store n segments (NOTES v15c; default the whole ring: half-ring passes
+// measured no faster).
 inline int pass_segments(int default_segments) {
-  static const int setting = [] {
-    const char* value = std::getenv("MACKO_TILE_PASS_SEGMENTS");
-    return value == nullptr ? 0 : std::atoi(value);
-  }();
+  static const int setting = tile_setting("MACKO_TILE_PASS_SEGMENTS");
   return setting > 0 ? setting : default_segments;
+}
+
+// MACKO_TILE_LANE_X_COPIES=0: the consumers' x copies by the general loop
+// only (NOTES v15e).
+inline bool lane_x_copies() {
+  static const bool on = tile_setting("MACKO_TILE_LANE_X_COPIES") != 0;
+  return on;
 }
 
 // 512-column segments for batches up to 16 (NOTES v15b: 4-12% faster than
 // 256 at batches 8 and 16); MACKO_TILE_SEGMENT_COLS=256 (an experiment
 // switch) keeps the narrow ones.
 inline bool wide_segments() {
-  static const bool wide = [] {
-    const char* setting = std::getenv("MACKO_TILE_SEGMENT_COLS");
-    return setting == nullptr || std::string(setting) != "256";
-  }();
+  static const bool wide = tile_setting("MACKO_TILE_SEGMENT_COLS") != 256;
   return wide;
 }
 
@@ -513,6 +548,7 @@ void launch_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::
   args.y = y.mutable_data_ptr<scalar_t>();
   args.n_tiles = (rows + kTileRows - 1) / kTileRows;
   args.pass_segments = std::clamp(pass_segments(Shape::kSlots), 1, Shape::kSlots);
+  args.lane_x_copies = lane_x_copies();
   const int64_t blocks = std::min<int64_t>(args.n_tiles, static_cast<int64_t>(per_sm) * device_facts(device).sm_count);
   tile_multiply_kernel<scalar_t, index_t, kNTiles, kSegmentCols>
       <<<static_cast<unsigned>(blocks), Shape::kThreads, Shape::kSharedBytes, c10::cuda::getCurrentCUDAStream()>>>(args);
