@@ -61,6 +61,26 @@ def test_vector(kernels, dtype, gen):
             assert_product_close(poisoned_multiply(macko_spmv.compress(M), x), M, x)
 
 
+@pytest.mark.parametrize("lookup", ["window", "gather"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_vector_sparse_row_lookups(kernels, lookup, dtype, gen, monkeypatch):
+    """Both ways the AVX-512 vector kernel looks up x for its sparsest rows
+    (MACKO_CPU_SPARSE_LOOKUP; by default the faster on this CPU), at
+    densities whose rows take the widest window, one to four right-hand
+    sides (the vector route's register tiles); the other variants ignore
+    the setting."""
+    monkeypatch.setenv("MACKO_CPU_SPARSE_LOOKUP", lookup)
+    monkeypatch.setenv("MACKO_CPU_MULTIPLY_ROUTE", "vector")
+    for shape in [(13, 97), (257, 1031), (37, 2053)]:
+        for density in (0.2, 0.1, 0.02):
+            M = random_pruned(*shape, density, dtype, gen)
+            M[torch.rand(shape[0], generator=gen) < 0.2] = 0
+            A = macko_spmv.compress(M)
+            for x_shape in [(shape[1],), (3, shape[1]), (4, shape[1])]:
+                x = random_x(x_shape, dtype, gen, "cpu")
+                assert_product_close(poisoned_multiply(A, x), M, x)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 def test_batch(kernels, route, dtype, gen):
     """Batches that fill 1, part of 1 and several register tiles, through
@@ -332,6 +352,10 @@ def test_bad_environment_values_are_errors(monkeypatch):
     monkeypatch.setenv("MACKO_CPU_MULTIPLY_ROUTE", "fast")
     with pytest.raises(ValueError, match="MACKO_CPU_MULTIPLY_ROUTE must be vector, sparse or dense"):
         macko_spmv.multiply(A, torch.ones(2, 3))
+    monkeypatch.delenv("MACKO_CPU_MULTIPLY_ROUTE")
+    monkeypatch.setenv("MACKO_CPU_SPARSE_LOOKUP", "permute")
+    with pytest.raises(ValueError, match="MACKO_CPU_SPARSE_LOOKUP must be gather or window"):
+        macko_spmv.multiply(A, torch.ones(3))
 
 
 @pytest.mark.parametrize("batch", [1, 5, 40])

@@ -43,6 +43,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -280,6 +281,19 @@ void transpose_to_tiles(const scalar_t* x, int64_t batch, int64_t cols, float* x
   });
 }
 
+// Whether the vector kernel looks up x for its sparsest rows by gathers:
+// MACKO_CPU_SPARSE_LOOKUP=gather|window (read on every call, for tests and
+// comparisons), else what Ops::gather_beats_window measured.
+template <typename Ops>
+bool gather_sparse_rows() {
+  const char* setting = std::getenv("MACKO_CPU_SPARSE_LOOKUP");
+  if (setting == nullptr || setting[0] == '\0') return Ops::gather_beats_window();
+  if (std::strcmp(setting, "gather") == 0) return true;
+  TORCH_CHECK_VALUE(std::strcmp(setting, "window") == 0,
+                    "MACKO_CPU_SPARSE_LOOKUP must be gather or window (or unset), got '", setting, "'");
+  return false;
+}
+
 // Each route writes y = x M^T + bias (scales: the rows' scales of 8-bit
 // values, which the kernels' row tables take; bias: fp32; each null for
 // none). scalar_t: x's and y's type,
@@ -288,8 +302,9 @@ template <typename Ops, typename scalar_t, typename value_t, typename index_t>
 void multiply_vector(const Stream<value_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
                      const float* scales, const float* bias, scalar_t* y) {
   // x as fp32, each right-hand side followed by the zeros that the kernels
-  // may read past its end.
-  const int64_t x_stride = s.cols + Ops::kXPadding;
+  // may read past its end, and starting where their loads are aligned (the
+  // allocator's 64-byte alignment, a stride of whole kXAlign floats).
+  const int64_t x_stride = (s.cols + Ops::kXPadding + Ops::kXAlign - 1) / Ops::kXAlign * Ops::kXAlign;
   at::Tensor converted = at::empty({batch * x_stride}, x.options().dtype(at::kFloat));
   float* x32 = converted.mutable_data_ptr<float>();
   for (int64_t b = 0; b < batch; ++b) {
@@ -301,8 +316,9 @@ void multiply_vector(const Stream<value_t, index_t>& s, const at::Tensor& x, int
     out_scale = subnormal_rescale(x32, batch * x_stride);
     if (out_scale != 1.0f) scale_up(x32, batch * x_stride);
   }
+  const bool gather_sparse = gather_sparse_rows<Ops>();
   at::parallel_for(0, rows, row_grain(s.cols), [&](int64_t r0, int64_t r1) {
-    Ops::vector_rows(s, x32, x_stride, batch, out_scale, scales, bias, r0, r1, y, rows);
+    Ops::vector_rows(s, x32, x_stride, batch, gather_sparse, out_scale, scales, bias, r0, r1, y, rows);
   });
 }
 
