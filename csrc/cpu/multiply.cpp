@@ -26,7 +26,9 @@
 //           more work per element but at a higher rate.
 // choose_route() picks one per call from the batch and the stored fraction
 // (see there for the measurements); MACKO_CPU_MULTIPLY_ROUTE=vector|sparse|
-// dense forces one, for tests and comparisons.
+// dense forces one, for tests and comparisons, as MACKO_CPU_SPARSE_LOOKUP=
+// gather|window does the vector kernel's lookup of x for its sparsest rows
+// (gather_sparse_rows).
 //
 // Every route sums over the stored entries only: a stored zero (padding)
 // times Inf or NaN in x is NaN, a column a row does not store adds nothing.
