@@ -60,10 +60,10 @@ constexpr int kTileRows = 16;  // one producer warp a row, one mma tile high
 constexpr int kMaxBatch = 64;  // right-hand sides per pass: 8 n-tiles
 constexpr int kRingCols = 2048;
 
-// Narrow segments (256 columns) by n-tiles of 8 right-hand sides, and the
-// width that MACKO_TILE_SEGMENT_COLS picks (256 or 512; an experiment
-// switch, NOTES v15b): at d = 0.5 a warp step spans ~512 columns, so a
-// 512-column segment is one take and one give a step instead of two.
+// Narrow segments (256 columns; 128 for 8 n-tiles) by n-tiles of 8
+// right-hand sides. Batches up to 16 take 512 by default (wide_segments,
+// NOTES v15b): at d = 0.5 a warp step spans ~512 columns, so a 512-column
+// segment is one take and one give a step instead of two.
 constexpr int narrow_segment_cols(int n_tiles) { return n_tiles == 8 ? 128 : 256; }
 
 constexpr int exact_log2(int v) { return v <= 1 ? 0 : 1 + exact_log2(v / 2); }
