@@ -32,6 +32,17 @@ def test_wall_clock_returns_the_result_and_seconds():
     assert result == 5 and seconds >= 0
 
 
+def test_interleaved_times_vary_which_op_follows_which():
+    calls = []
+    ops = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    times = timing.interleaved_times_ms(ops, runs=40, min_runs=40, budget_s=0, warmup=1)
+    assert {name: len(t) for name, t in times.items()} == {name: 40 for name in "abcd"}
+    rounds = [calls[4 + 4 * r:8 + 4 * r] for r in range(40)]  # after one warm-up call each
+    assert all(sorted(r) == list("abcd") for r in rounds)
+    followers = {(r[i], r[i + 1]) for r in rounds for i in range(3)}
+    assert len(followers) == 12  # every op has followed every other within a round
+
+
 def test_copies_exceed_three_caches_and_at_least_two():
     timer = timing.BackToBackTimer("cpu", cache_bytes=1000, max_copies=50)
     assert timer.copies_for(10_000) == 2  # one copy alone is larger than 3x the cache: still 2
