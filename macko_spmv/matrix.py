@@ -338,11 +338,12 @@ def multiply(A, x):
     while a zero the format skips contributes nothing (a dense product
     would give NaN there). This holds on the CPU for every batch (its dense
     route checks x first). On a GPU, batches past the stream route's limit
-    (more than 8 vectors) run as products of dense tiles instead (the tile
-    kernel up to 16 vectors, decompressed rows and cuBLAS above), with
-    nn.Linear's behaviour for inf and NaN in x; sparse matrices (below a
-    quarter stored) that are large or that the tile kernel does not take
-    keep the stream route up to 16 vectors. MACKO_MULTIPLY_ROUTE=stream in
+    (more than 2 vectors) run as products of dense tiles instead (the tile
+    kernel up to 32 vectors, decompressed rows and cuBLAS above), with
+    nn.Linear's behaviour for inf and NaN in x; large sparse matrices
+    (below a quarter stored) keep the stream route up to 4-12 vectors, and
+    matrices that the tile kernel does not take (fp32 values, cols not a
+    multiple of 8) up to 8 (16 if sparse). MACKO_MULTIPLY_ROUTE=stream in
     the environment keeps the stream route for every batch.
     """
     A = as_macko_matrix(A)

@@ -43,7 +43,7 @@ def test_routes_agree_with_float64(route, dtype, shape, density, batch, gen):
 
 
 @pytest.mark.parametrize("density", [0.01, 0.15, 0.6])
-@pytest.mark.parametrize("batch", [8, 13, 40, 64])
+@pytest.mark.parametrize("batch", [8, 13, 24, 40, 64])
 def test_tile_kernel_rows_longer_than_its_ring(dtype, density, batch, monkeypatch, gen):
     """Rows of 16,392 columns: eight times the tile kernel's ring of 2,048
     columns, so every row wraps the ring; at density 0.01 one warp step of

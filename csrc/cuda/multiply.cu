@@ -18,9 +18,10 @@
 //   more), from torch's caching allocator, so layers reuse one block and
 //   torch.cuda.empty_cache() frees it; it is the only extra memory.
 //
-// "auto" takes the stream route up to kStreamMaxBatch right-hand sides, the
-// tile kernel up to kTilesMaxBatch where it applies, and the dense route
-// above: the crossovers measured on an H200 (benchmarks/NOTES.md, v13g-k).
+// "auto" takes the stream route up to kStreamMaxBatch right-hand sides (more
+// for large sparse matrices), the tile kernel up to kTilesMaxBatch where it
+// applies, and the dense route above: the crossovers measured on an H200
+// (benchmarks/NOTES.md, v13k and v15h; choose_route).
 // MACKO_MULTIPLY_ROUTE=stream|tiles|dense
 // in the environment overrides the choice on every call, for benchmarks and
 // tests.
@@ -52,22 +53,30 @@ Route requested_route() {
   TORCH_CHECK_VALUE(false, "MACKO_MULTIPLY_ROUTE must be auto, stream, tiles or dense, got '", name, "'");
 }
 
-// Largest batch that "auto" sends to the streaming kernel (one pass), and
-// to the tile kernel. Past 8 the streaming kernel needs a second pass and
-// the tile kernel is faster (H200, fp16, v13k: at batch 16 0.33-0.71x
-// cuBLAS against 0.28-0.49x for two passes or the dense route); past 16 the
-// dense route is as fast or faster, and the faster the larger the batch.
-// Two streaming passes stay the choice for a sparse matrix (fewer than
-// kSparseStoredFraction of its elements stored: its bytes weigh more
-// against the GEMM's) where the tile kernel does not apply, or that has
-// kStreamSparseMinElements elements or more: there the streaming kernel's
-// fixed costs are small and it stays ahead (28672x8192 d=0.1, batch 16:
-// 0.67x against the tile kernel's 0.53x; 8192x8192: level). The dense
-// route takes the other matrices.
-constexpr int64_t kStreamMaxBatch = 8;
-constexpr int64_t kTilesMaxBatch = 16;
+// Where "auto" sends a batch (H200, fp16, flushed: each route timed at
+// batches 2-32 on the five Llama shapes at d = 0.5 and 0.1, NOTES v15h).
+// The streaming kernel costs about one pass over the matrix per 1-2
+// right-hand sides past the first; the tile kernel about the same time for
+// any batch up to 8, a little more up to 32. So the tile kernel takes
+// batches of 3 to kTilesMaxBatch (2 too would lose 5-20% on most shapes),
+// except on sparse matrices (fewer than kSparseStoredFraction of the
+// elements stored), whose short rows leave the streaming kernel's passes
+// cheap: it keeps them up to sparse_stream_max_batch, larger the larger
+// the matrix (d = 0.1: 8192x8192 ties at batch 8, 28672x8192 stays ahead
+// up to 12, 4096x4096 falls behind from batch 3). Past kTilesMaxBatch the
+// dense route; where the tile kernel does not apply, the streaming kernel up
+// to its pass width (two passes for a sparse matrix), then the dense route.
+constexpr int64_t kStreamMaxBatch = 2;
+constexpr int64_t kTilesMaxBatch = 32;
 constexpr double kSparseStoredFraction = 0.25;
-constexpr double kStreamSparseMinElements = static_cast<double>(int64_t{1} << 27);
+
+int64_t sparse_stream_max_batch(double elements) {
+  if (elements >= static_cast<double>(int64_t{1} << 27)) return 12;
+  if (elements >= static_cast<double>(int64_t{1} << 26)) return 8;
+  if (elements >= static_cast<double>(int64_t{1} << 25)) return 4;
+  return kStreamMaxBatch;
+}
+
 // A dense slab of the dense route: at most kSlabBytes, but at least
 // kMinSlabRows rows; the rows split into slabs of equal size. decompress
 // walks one row per warp, a serial walk, so its time is bound by the
@@ -94,14 +103,16 @@ Route choose_route(int64_t batch, const at::Tensor& values, at::ScalarType dtype
   const Route requested = requested_route();
   if (requested != Route::kAuto) return requested;
   if (batch <= kStreamMaxBatch) return Route::kStream;
-  if (batch <= kTilesMaxBatch) {
-    const double elements = static_cast<double>(rows) * static_cast<double>(cols);
-    const bool sparse = elements > 0 && static_cast<double>(values.numel()) < kSparseStoredFraction * elements;
-    if (sparse && elements >= kStreamSparseMinElements) return Route::kStream;
-    if (tiles_apply(dtype, cols)) return Route::kTiles;
-    if (sparse) return Route::kStream;
+  const double elements = static_cast<double>(rows) * static_cast<double>(cols);
+  const bool sparse = elements > 0 && static_cast<double>(values.numel()) < kSparseStoredFraction * elements;
+  if (!tiles_apply(dtype, cols)) {
+    // fp32, cols not a multiple of 8, or before sm_80: the streaming kernel
+    // in one pass, or two for a sparse matrix, else the dense route.
+    const bool stream = batch <= multiply_impl::kMaxBatch || (sparse && batch <= 2 * multiply_impl::kMaxBatch);
+    return stream ? Route::kStream : Route::kDense;
   }
-  return Route::kDense;
+  if (sparse && batch <= sparse_stream_max_batch(elements)) return Route::kStream;
+  return batch <= kTilesMaxBatch ? Route::kTiles : Route::kDense;
 }
 
 // Smallest kernel batch width (a power of two) that holds `batch` vectors.

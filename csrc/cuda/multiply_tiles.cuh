@@ -364,8 +364,10 @@ __global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
     const int lane_col = lane % kXRowChunks * 8 + k_part * Shape::kConsumerCols;  // within a segment
     const scalar_t* x_lane = args.x + (x_row0 + lane_row) * args.x_stride + lane_col;
     const uint32_t x_lane_slot = (lane_row * Shape::kXPitch + lane % kXRowChunks * 8) * 2;
-    // Warp-uniform: every row of this consumer's x slot is a right-hand side.
-    const bool x_all_rows = x_row0 + Shape::kXRows <= args.batch;
+    // Warp-uniform: some row of this consumer's x slot is a right-hand side;
+    // the last that is, counted from its first.
+    const bool x_some_rows = x_row0 < args.batch;
+    const int x_last_row = args.batch - 1 - x_row0;
     auto issue_x = [&]() __attribute__((always_inline)) {
       __syncwarp();  // the warp's reads of the slot (ldmatrix, any lane's rows) before these lanes' writes
       if (x_issued < my_segments) {
@@ -375,15 +377,20 @@ __global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
         const scalar_t* src = x_lane + segment_col;
         // Warp-uniform. Not in the kernel for batches 33-64 (16 copies a lane
         // beside 4 n-tiles of sums): it spills with this path.
-        if (kNTiles < 8 && args.lane_x_copies && x_all_rows &&
+        if (kNTiles < 8 && args.lane_x_copies && x_some_rows &&
             segment_col + (k_part + 1) * Shape::kConsumerCols <= args.cols) {
           // The source moves on by whole rows between copies (a 64-bit add)
           // rather than from `src` at each: with copy k's offset from `src`
           // the compiler kept one register pair per copy live across the
-          // segment loop, and spilled.
+          // segment loop, and spilled. In a partial batch the rows past it
+          // are skipped (one compare a copy; they stay zero) and `src` is
+          // not read there (NOTES v15h: the general loop made batches 12
+          // and 24 slower than 16 and 32).
 #pragma unroll
           for (int k = 0; k < kXCopies; ++k) {
-            copy16_async(slot + (copy_row(k) * Shape::kXPitch + copy_col(k)) * 2, src + copy_col(k));
+            if (lane_row + copy_row(k) <= x_last_row) {
+              copy16_async(slot + (copy_row(k) * Shape::kXPitch + copy_col(k)) * 2, src + copy_col(k));
+            }
             if (k + 1 < kXCopies) src += (copy_row(k + 1) - copy_row(k)) * args.x_stride;
           }
         } else {  // rows past the batch stay zero; columns past the last are zeroed, not left stale
