@@ -343,8 +343,9 @@ def multiply(A, x):
     nn.Linear's behaviour for inf and NaN in x; large sparse matrices
     (below a quarter stored) keep the stream route up to 4-12 vectors, and
     matrices that the tile kernel does not take (fp32 values, cols not a
-    multiple of 8) up to 8 (16 if sparse). MACKO_MULTIPLY_ROUTE=stream in
-    the environment keeps the stream route for every batch.
+    multiple of 8) up to 8 (16 if sparse), as do 8-bit values up to 8.
+    MACKO_MULTIPLY_ROUTE=stream in the environment keeps the stream route
+    for every batch.
     """
     A = as_macko_matrix(A)
     if not isinstance(x, torch.Tensor):

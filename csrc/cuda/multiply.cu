@@ -99,15 +99,22 @@ bool tiles_apply(at::ScalarType dtype, int64_t cols) {
   return sixteen_bits && cols % 8 == 0 && device_facts(current_device()).major >= 8;
 }
 
-Route choose_route(int64_t batch, const at::Tensor& values, at::ScalarType dtype, int64_t rows, int64_t cols) {
+// stream_dequantizes: 8-bit values that the streaming kernel dequantizes
+// itself; every other route takes them dequantized into a temporary first
+// (an extra pass over the values), so up to its pass width they stay with
+// the streaming kernel, as before the tile kernel took batches of 3-8 (the
+// sweep that moved those was fp16 only).
+Route choose_route(int64_t batch, const at::Tensor& values, at::ScalarType dtype, int64_t rows, int64_t cols,
+                   bool stream_dequantizes) {
   const Route requested = requested_route();
   if (requested != Route::kAuto) return requested;
   if (batch <= kStreamMaxBatch) return Route::kStream;
   const double elements = static_cast<double>(rows) * static_cast<double>(cols);
   const bool sparse = elements > 0 && static_cast<double>(values.numel()) < kSparseStoredFraction * elements;
-  if (!tiles_apply(dtype, cols)) {
-    // fp32, cols not a multiple of 8, or before sm_80: the streaming kernel
-    // in one pass, or two for a sparse matrix, else the dense route.
+  if (!tiles_apply(dtype, cols) || (stream_dequantizes && batch <= multiply_impl::kMaxBatch)) {
+    // fp32, cols not a multiple of 8, before sm_80, or 8-bit values up to
+    // 8 vectors: the streaming kernel in one pass, or two for a sparse
+    // matrix, else the dense route.
     const bool stream = batch <= multiply_impl::kMaxBatch || (sparse && batch <= 2 * multiply_impl::kMaxBatch);
     return stream ? Route::kStream : Route::kDense;
   }
@@ -303,7 +310,7 @@ at::Tensor multiply_cuda(const at::Tensor& values_in, const at::Tensor& deltas_i
     // a temporary in the activation dtype first (dequantize.cuh).
     const bool kernel_dequantizes = scales.has_value() && dtype != at::kFloat;
     auto dequantized = [&] { return aligned16(dequantized_values(values, row_indices, rows, scales)); };
-    const Route route = choose_route(batch, values, dtype, rows, cols);
+    const Route route = choose_route(batch, values, dtype, rows, cols, kernel_dequantizes);
     if (route == Route::kDense) {
       multiply_dense(dequantized(), deltas, row_indices, rows, cols, x, y);
     } else if (route == Route::kTiles && tiles_apply(dtype, cols)) {
