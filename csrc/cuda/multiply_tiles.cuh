@@ -46,6 +46,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 #include "async_copy.cuh"
 #include "group_decode.cuh"
@@ -110,6 +111,16 @@ struct TileShape {
                 "x's copies: whole passes, slots by mask");
 };
 
+// Experiment variants (MACKO_TILE_VARIANT, read at each launch; NOTES
+// v15i): all but kProduct cut one role's work, to see which role's pace
+// sets the kernel's time; their output is not the product.
+enum TileVariant : int {
+  kProduct = 0,
+  kNoMma = 1,     // consumers only wait for each slot and give it back (no x copies, ldmatrix or mma)
+  kNoStores = 2,  // producers take and give slots but store no entry
+  kWalk = 3,      // producers only walk their rows (loads, decode, scan); no hand-over, no consumers
+};
+
 template <typename scalar_t, typename index_t>
 struct TileArgs {
   const scalar_t* values;
@@ -125,6 +136,7 @@ struct TileArgs {
   int64_t n_tiles;
   int pass_segments;  // segments a pass of a step longer than the ring stores, 1..kSlots
   bool lane_x_copies;  // the consumers' x copies from lane-constant addresses where a segment allows (NOTES v15e)
+  int variant;         // a TileVariant
 };
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
@@ -193,6 +205,8 @@ __global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
     const uint32_t* nibble_words = reinterpret_cast<const uint32_t*>(args.deltas);
     const uint32_t ring_row = ring + warp * Shape::kRowPitch * 2;
     const unsigned ucols = static_cast<unsigned>(args.cols);
+    const bool hand_over = args.variant != kWalk;  // warp-uniform, as is `stores`
+    const bool stores = hand_over && args.variant != kNoStores;
     unsigned tile_segment0 = 0;  // global number of the tile's first segment (wraps harmlessly)
     for (int64_t tile = blockIdx.x; tile < args.n_tiles; tile += gridDim.x, tile_segment0 += segments) {
       // Ring columns are tile columns + offset (mod kRingCols): the tile's
@@ -204,17 +218,19 @@ __global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
       auto take = [&]() __attribute__((always_inline)) {
         const unsigned g = tile_segment0 + held_to;
         const unsigned slot = g & (kSlots - 1);
-        barrier_wait(empty_barriers + 8 * slot, ((g / kSlots) & 1u) ^ 1u);
-        const uint32_t slot_row = ring_row + slot * kSegmentCols * 2;
+        if (hand_over) {
+          barrier_wait(empty_barriers + 8 * slot, ((g / kSlots) & 1u) ^ 1u);
+          const uint32_t slot_row = ring_row + slot * kSegmentCols * 2;
 #pragma unroll
-        for (int i = lane; i < kSegmentCols / 8; i += kWarpSize) store_shared_zero16(slot_row + 16 * i);
+          for (int i = lane; i < kSegmentCols / 8; i += kWarpSize) store_shared_zero16(slot_row + 16 * i);
+        }
         ++held_to;
       };
       // Gives segments [held_from, to): every entry of this row in them is stored.
       auto give = [&](int to) __attribute__((always_inline)) {
 #pragma unroll 1
         for (; held_from < to; ++held_from) {
-          barrier_arrive(full_barriers + 8 * ((tile_segment0 + held_from) & (kSlots - 1)));
+          if (hand_over) barrier_arrive(full_barriers + 8 * ((tile_segment0 + held_from) & (kSlots - 1)));
         }
       };
 
@@ -267,14 +283,16 @@ __global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
           while (held_to < needed) take();
           __syncwarp();  // the row's slots are clear before any lane stores into them
           const unsigned position = columns.base & (kRingCols - 1);
-          if (position + columns.total() < kRingCols) {  // the lane's entries do not wrap around the ring
-            const uint32_t lane_row = ring_row + 2 * position;
+          if (stores) {
+            if (position + columns.total() < kRingCols) {  // the lane's entries do not wrap around the ring
+              const uint32_t lane_row = ring_row + 2 * position;
 #pragma unroll
-            for (int j = 0; j < kGroupEntries; ++j) store_shared_u16_at(lane_row, columns.offset(j), bits(j));
-          } else {
+              for (int j = 0; j < kGroupEntries; ++j) store_shared_u16_at(lane_row, columns.offset(j), bits(j));
+            } else {
 #pragma unroll
-            for (int j = 0; j < kGroupEntries; ++j) {
-              store_shared_u16(ring_row + ((columns.column(j) & (kRingCols - 1)) << 1), bits(j));
+              for (int j = 0; j < kGroupEntries; ++j) {
+                store_shared_u16(ring_row + ((columns.column(j) & (kRingCols - 1)) << 1), bits(j));
+              }
             }
           }
         } else {
@@ -294,7 +312,7 @@ __global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
 #pragma unroll
             for (int j = 0; j < kGroupEntries; ++j) {
               const unsigned col = columns.column(j);
-              if (((cur.mask >> j) & 1u) && col - lo < span) {
+              if (stores && ((cur.mask >> j) & 1u) && col - lo < span) {
                 store_shared_u16(ring_row + ((col & (kRingCols - 1)) << 1), bits(j));
               }
             }
@@ -338,6 +356,8 @@ __global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
     }
   } else {
     // ---- Consumer: its n-tiles (k-slice) of every tile.
+    if (args.variant == kWalk) return;
+    const bool math = args.variant != kNoMma;  // warp-uniform
     const int consumer = warp - kTileRows;
     const int k_part = consumer % Shape::kKSplit;  // its columns of a segment: k_part * kConsumerCols + [0, kConsumerCols)
     const int x_row0 = consumer / Shape::kKSplit * Shape::kXRows;  // its first right-hand side
@@ -412,7 +432,9 @@ __global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
       ++x_issued;
     };
 #pragma unroll
-    for (int i = 0; i < Shape::kXSlots - 1; ++i) issue_x();
+    for (int i = 0; i < Shape::kXSlots - 1; ++i) {
+      if (math) issue_x();
+    }
 
     // ldmatrix addresses: A (the tile, 16 x 16 at a k-step) rows lane % 16,
     // column halves lane / 16; B (x's 8 x 16 at a k-step, one n-tile) rows
@@ -424,15 +446,17 @@ __global__ void __launch_bounds__(TileShape<kNTiles, kSegmentCols>::kThreads, 2)
     for (int64_t tile = blockIdx.x; tile < args.n_tiles; tile += gridDim.x) {
       float acc[Shape::kConsumerNTiles][Shape::kAccumulators][4] = {};
       for (int s = 0; s < segments; ++s, ++g) {
-        issue_x();  // into the slot read for segment g - 1
-        wait_async_copies<Shape::kXSlots - 1>();
-        __syncwarp();  // each lane's copies of x become visible to the warp
+        if (math) {
+          issue_x();  // into the slot read for segment g - 1
+          wait_async_copies<Shape::kXSlots - 1>();
+          __syncwarp();  // each lane's copies of x become visible to the warp
+        }
         const unsigned slot = g & (kSlots - 1);
         barrier_wait(full_barriers + 8 * slot, (g / kSlots) & 1u);
         const uint32_t a_slot = a_lane + slot * kSegmentCols * 2;
         const uint32_t x_slot = x_ring + (g & (Shape::kXSlots - 1)) * Shape::kXSlotBytes + b_lane;
 #pragma unroll 1
-        for (int k0 = 0; k0 < Shape::kConsumerKSteps; k0 += Shape::kPipeline) {
+        for (int k0 = 0; math && k0 < Shape::kConsumerKSteps; k0 += Shape::kPipeline) {
           uint32_t a[Shape::kPipeline][4], b[Shape::kPipeline][Shape::kConsumerNTiles][2];
 #pragma unroll
           for (int p = 0; p < Shape::kPipeline; ++p) {
@@ -527,6 +551,17 @@ inline bool lane_x_copies() {
   return on;
 }
 
+// MACKO_TILE_VARIANT=no-mma|no-stores|walk (read at each launch, so that one
+// process can time them in turn): an experiment's TileVariant.
+inline int tile_variant() {
+  const char* name = std::getenv("MACKO_TILE_VARIANT");
+  if (name == nullptr || !*name || !std::strcmp(name, "product")) return kProduct;
+  if (!std::strcmp(name, "no-mma")) return kNoMma;
+  if (!std::strcmp(name, "no-stores")) return kNoStores;
+  if (!std::strcmp(name, "walk")) return kWalk;
+  TORCH_CHECK(false, "MACKO_TILE_VARIANT=", name, ": expected product, no-mma, no-stores or walk");
+}
+
 // 512-column segments for batches up to 16 (NOTES v15b: 4-12% faster than
 // 256 at batches 8 and 16); MACKO_TILE_SEGMENT_COLS=256 (an experiment
 // switch) keeps the narrow ones.
@@ -556,6 +591,7 @@ void launch_tiles(const at::Tensor& values, const at::Tensor& deltas, const at::
   args.n_tiles = (rows + kTileRows - 1) / kTileRows;
   args.pass_segments = std::clamp(pass_segments(Shape::kSlots), 1, Shape::kSlots);
   args.lane_x_copies = lane_x_copies();
+  args.variant = tile_variant();
   const int64_t blocks = std::min<int64_t>(args.n_tiles, static_cast<int64_t>(per_sm) * device_facts(device).sm_count);
   tile_multiply_kernel<scalar_t, index_t, kNTiles, kSegmentCols>
       <<<static_cast<unsigned>(blocks), Shape::kThreads, Shape::kSharedBytes, c10::cuda::getCurrentCUDAStream()>>>(args);
