@@ -24,8 +24,9 @@
 //   dense   a large batch at high density: tiles of rows decompressed into a
 //           dense fp32 scratch and multiplied by torch's CPU BLAS (at::mm),
 //           more work per element but at a higher rate.
-// choose_route() picks one per call from the batch and the stored fraction
-// (see there for the measurements); MACKO_CPU_MULTIPLY_ROUTE=vector|sparse|
+// choose_route() picks one per call from the batch, the stored fraction and
+// the two batch routes' costs on this CPU, measured once per process
+// (route_costs); MACKO_CPU_MULTIPLY_ROUTE=vector|sparse|
 // dense forces one, for tests and comparisons, as MACKO_CPU_SPARSE_LOOKUP=
 // gather|window does the vector kernel's lookup of x for its sparsest rows
 // (gather_sparse_rows).
@@ -228,6 +229,17 @@ enum class Route { kVector, kSparse, kDense };
 // BLAS to run at full rate, small enough to stay out of the way.
 constexpr int64_t kDenseScratchBytes = int64_t{16} << 20;
 
+// The sparse and dense routes' costs on this CPU, in seconds: a per stored
+// entry and tile of Ops::kTileWidth right-hand sides (the sparse kernel's
+// register tile), g per dense element and right-hand side (BLAS), z per
+// dense element once a call (decompressing into the scratch, converting).
+struct RouteCosts {
+  double a, g, z;
+};
+
+template <typename Ops>
+const RouteCosts& route_costs();  // measured once per process, below the routes
+
 // The route for a batch of right-hand sides (see the top of the file).
 template <typename Ops>
 Route choose_route(int64_t batch, int64_t rows, int64_t cols, int64_t stored) {
@@ -244,14 +256,16 @@ Route choose_route(int64_t batch, int64_t rows, int64_t cols, int64_t stored) {
   // kernel's hardly up to 16; at low density (the vector kernel's widest
   // windows) two vectors already cost as much as the batch kernel.
   if (batch <= Ops::kVectorBatch && (batch <= 2 || stored_fraction >= 0.25)) return Route::kVector;
-  // Per right-hand side, the sparse kernel costs about a per stored entry
-  // and 64 right-hand sides (a register tile), the dense route g per dense
-  // element plus z per dense element once (decompressing, converting).
-  // Measured on the 2-core Xeon (AVX-512) this was tuned on, 8192x8192
-  // fp16 (benchmarks/cpu_multiply.py, forced routes): a ~ 1.4 ns, g ~ 0.0066
-  // ns, z ~ 1.4 ns, so the sparse route wins while the stored fraction is
-  // below (g + z / batch) * 64 / a = 0.30 + 64 / batch (about).
-  return stored_fraction < 0.30 + 64.0 / static_cast<double>(batch) ? Route::kSparse : Route::kDense;
+  // Per dense element, the sparse route costs stored_fraction * a per tile
+  // of right-hand sides, the dense route g per right-hand side plus z. The
+  // ratios differ between CPUs by more than the densities that matter: on
+  // the 2-core Xeon (AVX-512, fast BLAS) the sparse route won below ~0.30 +
+  // 64 / batch stored, on a 2-core EPYC (slower BLAS) at 0.5 stored up to
+  // 1024 right-hand sides and beyond (benchmarks/NOTES.md, c11), so the
+  // costs are measured on this CPU (route_costs).
+  const RouteCosts& c = route_costs<Ops>();
+  const double tiles = static_cast<double>(batch) / Ops::kTileWidth;
+  return stored_fraction * c.a * tiles < c.g * static_cast<double>(batch) + c.z ? Route::kSparse : Route::kDense;
 }
 
 // X [batch, cols] (scalar_t) -> X^T in fp32, in the batch kernel's tiles
@@ -385,6 +399,56 @@ void multiply_dense(const Stream<value_t, index_t>& s, const at::Tensor& x, int6
       for (int64_t b = b0; b < b1; ++b) Ops::store_rows(y32p + b * rows, rows, out_scale, bias, yp + b * rows);
     });
   }
+}
+
+// Times both routes once on a synthetic matrix (512 x 2048, every other
+// column stored; fp32) and solves choose_route's model for a, g and z: the
+// sparse route at one tile of right-hand sides, the dense route at one and
+// at four tiles. Each the fastest of three runs after a warm-up (the
+// machines this runs on may be shared); ~10-30 ms, on the first call that
+// must choose between the two. Where a run was disturbed so badly that a
+// cost comes out negative, the costs measured on the Xeon stand in.
+template <typename Ops>
+RouteCosts measure_route_costs() {
+  constexpr int64_t kRows = 512, kCols = 2048, kPerRow = kCols / 2;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  const at::Tensor values = at::full({kRows * kPerRow}, 0.5f, f32);
+  const at::Tensor deltas = at::full({kRows * kPerRow / 2}, 0x11, at::TensorOptions().dtype(at::kByte));  // steps of 2
+  const at::Tensor row_indices = at::arange(0, (kRows + 1) * kPerRow, kPerRow, at::TensorOptions().dtype(at::kInt));
+  const Stream<float, int32_t> s{values.const_data_ptr<float>(), deltas.const_data_ptr<uint8_t>(),
+                                 row_indices.const_data_ptr<int32_t>(), values.numel(), kCols};
+  auto fastest = [](auto&& run) {
+    run();
+    double best = 0;
+    for (int i = 0; i < 3; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      run();
+      const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      best = i == 0 ? took : std::min(best, took);
+    }
+    return best;
+  };
+  const int64_t small = Ops::kTileWidth, large = 4 * Ops::kTileWidth;
+  const at::Tensor x_small = at::full({small, kCols}, 0.25f, f32), x_large = at::full({large, kCols}, 0.25f, f32);
+  at::Tensor y_small = at::empty({small, kRows}, f32), y_large = at::empty({large, kRows}, f32);
+  const double sparse = fastest([&] {
+    multiply_sparse<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, y_small.mutable_data_ptr<float>());
+  });
+  const double dense_small = fastest([&] { multiply_dense<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, y_small); });
+  const double dense_large = fastest([&] { multiply_dense<Ops, float>(s, x_large, large, kRows, nullptr, nullptr, y_large); });
+  const double elements = static_cast<double>(kRows) * kCols;
+  RouteCosts c;
+  c.a = sparse / static_cast<double>(values.numel());
+  c.g = (dense_large - dense_small) / (elements * static_cast<double>(large - small));
+  c.z = std::max(0.0, dense_small / elements - c.g * static_cast<double>(small));
+  if (!(c.a > 0 && c.g > 0)) c = RouteCosts{1.4e-9, 0.0066e-9, 1.4e-9};
+  return c;
+}
+
+template <typename Ops>
+const RouteCosts& route_costs() {
+  static const RouteCosts costs = measure_route_costs<Ops>();
+  return costs;
 }
 
 at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas, const at::Tensor& row_indices,
