@@ -405,7 +405,7 @@ void multiply_dense(const Stream<value_t, index_t>& s, const at::Tensor& x, int6
 // column stored; fp32) and solves choose_route's model for a, g and z: the
 // sparse route at one tile of right-hand sides, the dense route at one and
 // at four tiles. Each the fastest of three runs after a warm-up (the
-// machines this runs on may be shared); ~10-30 ms, on the first call that
+// machines this runs on may be shared); ~40 ms on a 2-core guest, at the first call that
 // must choose between the two. Where a run was disturbed so badly that a
 // cost comes out negative, the costs measured on the Xeon stand in.
 template <typename Ops>
