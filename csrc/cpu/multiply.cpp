@@ -297,26 +297,15 @@ void transpose_to_tiles(const scalar_t* x, int64_t batch, int64_t cols, float* x
   });
 }
 
-// Whether the vector kernel looks up x for its sparsest rows by gathers:
-// MACKO_CPU_SPARSE_LOOKUP=gather|window (read on every call, for tests and
-// comparisons), else what Ops::gather_beats_window measured.
-template <typename Ops>
-bool gather_sparse_rows() {
-  const char* setting = std::getenv("MACKO_CPU_SPARSE_LOOKUP");
-  if (setting == nullptr || setting[0] == '\0') return Ops::gather_beats_window();
-  if (std::strcmp(setting, "gather") == 0) return true;
-  TORCH_CHECK_VALUE(std::strcmp(setting, "window") == 0,
-                    "MACKO_CPU_SPARSE_LOOKUP must be gather or window (or unset), got '", setting, "'");
-  return false;
-}
-
 // Each route writes y = x M^T + bias (scales: the rows' scales of 8-bit
 // values, which the kernels' row tables take; bias: fp32; each null for
 // none). scalar_t: x's and y's type,
 // value_t: the stored values'.
+// gather_sparse: how the AVX-512 kernel looks up x for its sparsest rows
+// (gather_sparse_rows); the other kernels ignore it.
 template <typename Ops, typename scalar_t, typename value_t, typename index_t>
 void multiply_vector(const Stream<value_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
-                     const float* scales, const float* bias, scalar_t* y) {
+                     const float* scales, const float* bias, scalar_t* y, bool gather_sparse) {
   // x as fp32, each right-hand side followed by the zeros that the kernels
   // may read past its end, and starting where their loads are aligned (the
   // allocator's 64-byte alignment, a stride of whole kXAlign floats).
@@ -332,7 +321,6 @@ void multiply_vector(const Stream<value_t, index_t>& s, const at::Tensor& x, int
     out_scale = subnormal_rescale(x32, batch * x_stride);
     if (out_scale != 1.0f) scale_up(x32, batch * x_stride);
   }
-  const bool gather_sparse = gather_sparse_rows<Ops>();
   at::parallel_for(0, rows, row_grain(s.cols), [&](int64_t r0, int64_t r1) {
     Ops::vector_rows(s, x32, x_stride, batch, gather_sparse, out_scale, scales, bias, r0, r1, y, rows);
   });
@@ -399,6 +387,79 @@ void multiply_dense(const Stream<value_t, index_t>& s, const at::Tensor& x, int6
       for (int64_t b = b0; b < b1; ++b) Ops::store_rows(y32p + b * rows, rows, out_scale, bias, yp + b * rows);
     });
   }
+}
+
+// Whether the AVX-512 vector kernel looks up x for its sparsest rows (those
+// that take the widest window, below ~25% stored) faster by one masked
+// gather a chunk than by the window's loads and permutes: the vector route
+// timed both ways once per process on a synthetic matrix (256 x 8192, steps
+// of 1 to 16 columns from a fixed sequence: ~12% stored, as a 10% row with
+// padding), the fastest of five alternating runs after a warm-up, ~5 ms.
+// Which is faster differs by CPU: gathers by ~27% on one Xeon (NOTES c9),
+// the window by ~35% on an EPYC (c12), where a replica of the inner loop,
+// timed instead before c12, had picked gathers. Either gives the same sums.
+template <typename Ops>
+bool measure_gather_beats_window() {
+  if constexpr (Ops::kLanes < 16) {
+    return false;  // only the AVX-512 kernel has the choice
+  } else {
+    constexpr int64_t kRows = 256, kCols = 8192;
+    std::vector<float> values;
+    std::vector<uint8_t> nibbles;
+    std::vector<int32_t> row_indices{0};
+    uint32_t state = 12345u;
+    for (int64_t r = 0; r < kRows; ++r) {
+      for (int64_t col = -1;;) {
+        state = state * 1664525u + 1013904223u;
+        const int64_t step = 1 + (state >> 28);  // 1..16
+        if (col + step >= kCols) break;
+        col += step;
+        values.push_back(0.5f);
+        nibbles.push_back(static_cast<uint8_t>(step - 1));
+      }
+      row_indices.push_back(static_cast<int32_t>(values.size()));
+    }
+    while (values.size() % 8 != 0) {  // the stream's padding: value 0, delta 0
+      values.push_back(0.0f);
+      nibbles.push_back(0);
+    }
+    std::vector<uint8_t> deltas(nibbles.size() / 2);
+    for (size_t k = 0; k < deltas.size(); ++k) deltas[k] = static_cast<uint8_t>(nibbles[2 * k] | nibbles[2 * k + 1] << 4);
+    const Stream<float, int32_t> s{values.data(), deltas.data(), row_indices.data(),
+                                   static_cast<int64_t>(values.size()), kCols};
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    const at::Tensor x = at::full({kCols}, 0.25f, f32);
+    at::Tensor y = at::empty({kRows}, f32);
+    auto time = [&](bool gather) {
+      const auto start = std::chrono::steady_clock::now();
+      multiply_vector<Ops, float>(s, x, 1, kRows, nullptr, nullptr, y.mutable_data_ptr<float>(), gather);
+      return std::chrono::steady_clock::now() - start;
+    };
+    time(false);  // warm-up: caches, clocks
+    time(true);
+    auto best_window = time(false), best_gather = time(true);
+    for (int round = 0; round < 4; ++round) {
+      best_window = std::min(best_window, time(false));
+      best_gather = std::min(best_gather, time(true));
+    }
+    return best_gather < best_window;
+  }
+}
+
+// Whether the vector kernel looks up x for its sparsest rows by gathers:
+// MACKO_CPU_SPARSE_LOOKUP=gather|window (read on every call, for tests and
+// comparisons), else what measure_gather_beats_window found.
+template <typename Ops>
+bool gather_sparse_rows() {
+  const char* setting = std::getenv("MACKO_CPU_SPARSE_LOOKUP");
+  if (setting == nullptr || setting[0] == '\0') {
+    static const bool faster = measure_gather_beats_window<Ops>();
+    return faster;
+  }
+  if (std::strcmp(setting, "gather") == 0) return true;
+  TORCH_CHECK_VALUE(std::strcmp(setting, "window") == 0,
+                    "MACKO_CPU_SPARSE_LOOKUP must be gather or window (or unset), got '", setting, "'");
+  return false;
 }
 
 // Times both routes once on a synthetic matrix (512 x 2048, every other
@@ -493,7 +554,7 @@ at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas, cons
           route = Route::kSparse;
         }
         if (route == Route::kVector) {
-          multiply_vector<Ops, scalar_t>(s, x2, batch, rows, scales, bias, yp);
+          multiply_vector<Ops, scalar_t>(s, x2, batch, rows, scales, bias, yp, gather_sparse_rows<Ops>());
         } else if (route == Route::kSparse) {
           multiply_sparse<Ops, scalar_t>(s, x2, batch, rows, scales, bias, yp);
         } else {
