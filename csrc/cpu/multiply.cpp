@@ -394,7 +394,8 @@ void multiply_dense(const Stream<value_t, index_t>& s, const at::Tensor& x, int6
 // gather a chunk than by the window's loads and permutes: the vector route
 // timed both ways once per process on a synthetic matrix (256 x 8192, steps
 // of 1 to 16 columns from a fixed sequence: ~12% stored, as a 10% row with
-// padding), the fastest of five alternating runs after a warm-up, ~5 ms.
+// padding), the fastest of five alternating runs after a warm-up (a few
+// milliseconds).
 // Which is faster differs by CPU: gathers by ~27% on one Xeon (NOTES c9),
 // the window by ~35% on an EPYC (c12), where a replica of the inner loop,
 // timed instead before c12, had picked gathers. Either gives the same sums.
