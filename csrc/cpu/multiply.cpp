@@ -46,9 +46,11 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <type_traits>
@@ -389,31 +391,22 @@ void multiply_dense(const Stream<value_t, index_t>& s, const at::Tensor& x, int6
   }
 }
 
-// Whether the AVX-512 vector kernel looks up x for its sparsest rows (those
-// that take the widest window, below ~25% stored) faster by one masked
-// gather a chunk than by the window's loads and permutes: the vector route
-// timed both ways once per process on a synthetic matrix (256 x 8192, steps
-// of 1 to 16 columns from a fixed sequence: ~12% stored, as a 10% row with
-// padding), the fastest of five alternating runs after a warm-up (a few
-// milliseconds).
-// Which is faster differs by CPU: gathers by ~27% on one Xeon (NOTES c9),
-// the window by ~35% on an EPYC (c12), where a replica of the inner loop,
-// timed instead before c12, had picked gathers. Either gives the same sums.
-template <typename Ops>
-bool measure_gather_beats_window() {
-  if constexpr (Ops::kLanes < 16) {
-    return false;  // only the AVX-512 kernel has the choice
-  } else {
-    constexpr int64_t kRows = 256, kCols = 8192;
-    std::vector<float> values;
+// The two calibrations below share these. A synthetic fp32 stream in the
+// format's layout, each row's column steps (1..16) drawn from next_step:
+// values 0.5, the stream padded to whole groups.
+struct SyntheticStream {
+  std::vector<float> values;
+  std::vector<uint8_t> deltas;
+  std::vector<int32_t> row_indices{0};
+  int64_t cols;
+
+  template <typename NextStep>
+  SyntheticStream(int64_t rows, int64_t cols_, NextStep&& next_step) : cols(cols_) {
     std::vector<uint8_t> nibbles;
-    std::vector<int32_t> row_indices{0};
-    uint32_t state = 12345u;
-    for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t r = 0; r < rows; ++r) {
       for (int64_t col = -1;;) {
-        state = state * 1664525u + 1013904223u;
-        const int64_t step = 1 + (state >> 28);  // 1..16
-        if (col + step >= kCols) break;
+        const int64_t step = next_step();
+        if (col + step >= cols) break;
         col += step;
         values.push_back(0.5f);
         nibbles.push_back(static_cast<uint8_t>(step - 1));
@@ -424,26 +417,64 @@ bool measure_gather_beats_window() {
       values.push_back(0.0f);
       nibbles.push_back(0);
     }
-    std::vector<uint8_t> deltas(nibbles.size() / 2);
+    deltas.resize(nibbles.size() / 2);
     for (size_t k = 0; k < deltas.size(); ++k) deltas[k] = static_cast<uint8_t>(nibbles[2 * k] | nibbles[2 * k + 1] << 4);
-    const Stream<float, int32_t> s{values.data(), deltas.data(), row_indices.data(),
-                                   static_cast<int64_t>(values.size()), kCols};
+  }
+  Stream<float, int32_t> stream() const {
+    return {values.data(), deltas.data(), row_indices.data(), static_cast<int64_t>(values.size()), cols};
+  }
+};
+
+// Seconds of the fastest of `rounds` runs of each of `runs`, run in turn
+// round after round (so that a disturbance of a shared machine falls on
+// all of them alike), after one warm-up run of each.
+template <typename... Runs>
+std::array<double, sizeof...(Runs)> fastest_in_turn(int rounds, Runs&&... runs) {
+  auto seconds = [](auto& run) {
+    const auto start = std::chrono::steady_clock::now();
+    run();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  (runs(), ...);  // warm-up: caches, clocks
+  std::array<double, sizeof...(Runs)> best;
+  best.fill(std::numeric_limits<double>::infinity());
+  for (int round = 0; round < rounds; ++round) {
+    int i = 0;
+    ((best[i] = std::min(best[i], seconds(runs)), ++i), ...);
+  }
+  return best;
+}
+
+// Whether the AVX-512 vector kernel looks up x for its sparsest rows (those
+// that take the widest window, below ~25% stored) faster by one masked
+// gather a chunk than by the window's loads and permutes: the vector route
+// timed both ways once per process on a synthetic matrix (256 x 8192, steps
+// of 1 to 16 columns from a fixed sequence: ~12% stored, as a 10% row with
+// padding), the fastest of five rounds after a warm-up (a few
+// milliseconds).
+// Which is faster differs by CPU: gathers by ~27% on one Xeon (NOTES c9),
+// the window by ~35% on an EPYC (c12), where a replica of the inner loop,
+// timed instead before c12, had picked gathers. Either gives the same sums.
+template <typename Ops>
+bool measure_gather_beats_window() {
+  if constexpr (Ops::kLanes < 16) {
+    return false;  // only the AVX-512 kernel has the choice
+  } else {
+    constexpr int64_t kRows = 256, kCols = 8192;
+    uint32_t state = 12345u;
+    const SyntheticStream synthetic(kRows, kCols, [&] {
+      state = state * 1664525u + 1013904223u;
+      return int64_t{1} + (state >> 28);  // 1..16
+    });
+    const Stream<float, int32_t> s = synthetic.stream();
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     const at::Tensor x = at::full({kCols}, 0.25f, f32);
     at::Tensor y = at::empty({kRows}, f32);
-    auto time = [&](bool gather) {
-      const auto start = std::chrono::steady_clock::now();
+    auto run = [&](bool gather) {
       multiply_vector<Ops, float>(s, x, 1, kRows, nullptr, nullptr, y.mutable_data_ptr<float>(), gather);
-      return std::chrono::steady_clock::now() - start;
     };
-    time(false);  // warm-up: caches, clocks
-    time(true);
-    auto best_window = time(false), best_gather = time(true);
-    for (int round = 0; round < 4; ++round) {
-      best_window = std::min(best_window, time(false));
-      best_gather = std::min(best_gather, time(true));
-    }
-    return best_gather < best_window;
+    const auto [window, gather] = fastest_in_turn(5, [&] { run(false); }, [&] { run(true); });
+    return gather < window;
   }
 }
 
@@ -466,41 +497,28 @@ bool gather_sparse_rows() {
 // Times both routes once on a synthetic matrix (512 x 2048, every other
 // column stored; fp32) and solves choose_route's model for a, g and z: the
 // sparse route at one tile of right-hand sides, the dense route at one and
-// at four tiles. Each the fastest of three runs after a warm-up (the
-// machines this runs on may be shared); ~40 ms on a 2-core guest, at the first call that
-// must choose between the two. Where a run was disturbed so badly that a
-// cost comes out negative, the costs measured on the Xeon stand in.
+// at four tiles. Each the fastest of three rounds after a warm-up (the
+// machines this runs on may be shared); ~40 ms on a 2-core guest, at the
+// first call that must choose between the two. Where a run was disturbed so
+// badly that a cost comes out negative, the costs measured on the Xeon
+// stand in.
 template <typename Ops>
 RouteCosts measure_route_costs() {
-  constexpr int64_t kRows = 512, kCols = 2048, kPerRow = kCols / 2;
+  constexpr int64_t kRows = 512, kCols = 2048;
+  const SyntheticStream synthetic(kRows, kCols, [] { return int64_t{2}; });
+  const Stream<float, int32_t> s = synthetic.stream();
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
-  const at::Tensor values = at::full({kRows * kPerRow}, 0.5f, f32);
-  const at::Tensor deltas = at::full({kRows * kPerRow / 2}, 0x11, at::TensorOptions().dtype(at::kByte));  // steps of 2
-  const at::Tensor row_indices = at::arange(0, (kRows + 1) * kPerRow, kPerRow, at::TensorOptions().dtype(at::kInt));
-  const Stream<float, int32_t> s{values.const_data_ptr<float>(), deltas.const_data_ptr<uint8_t>(),
-                                 row_indices.const_data_ptr<int32_t>(), values.numel(), kCols};
-  auto fastest = [](auto&& run) {
-    run();
-    double best = 0;
-    for (int i = 0; i < 3; ++i) {
-      const auto start = std::chrono::steady_clock::now();
-      run();
-      const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      best = i == 0 ? took : std::min(best, took);
-    }
-    return best;
-  };
   const int64_t small = Ops::kTileWidth, large = 4 * Ops::kTileWidth;
   const at::Tensor x_small = at::full({small, kCols}, 0.25f, f32), x_large = at::full({large, kCols}, 0.25f, f32);
   at::Tensor y_small = at::empty({small, kRows}, f32), y_large = at::empty({large, kRows}, f32);
-  const double sparse = fastest([&] {
-    multiply_sparse<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, y_small.mutable_data_ptr<float>());
-  });
-  const double dense_small = fastest([&] { multiply_dense<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, y_small); });
-  const double dense_large = fastest([&] { multiply_dense<Ops, float>(s, x_large, large, kRows, nullptr, nullptr, y_large); });
+  const auto [sparse, dense_small, dense_large] = fastest_in_turn(
+      3,
+      [&] { multiply_sparse<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, y_small.mutable_data_ptr<float>()); },
+      [&] { multiply_dense<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, y_small); },
+      [&] { multiply_dense<Ops, float>(s, x_large, large, kRows, nullptr, nullptr, y_large); });
   const double elements = static_cast<double>(kRows) * kCols;
   RouteCosts c;
-  c.a = sparse / static_cast<double>(values.numel());
+  c.a = sparse / static_cast<double>(s.n_entries);
   c.g = (dense_large - dense_small) / (elements * static_cast<double>(large - small));
   c.z = std::max(0.0, dense_small / elements - c.g * static_cast<double>(small));
   if (!(c.a > 0 && c.g > 0)) c = RouteCosts{1.4e-9, 0.0066e-9, 1.4e-9};
