@@ -21,7 +21,9 @@
 # PROFILE_CASES, kernels matching the regex PROFILE_KERNELS, default
 # multiply_kernel), source (Nsight Compute's per-instruction counts and
 # stall samples, SASS, of the first kernel matching PROFILE_KERNELS in each
-# case of SOURCE_CASES, as gzipped CSV), ablation
+# case of SOURCE_CASES, as gzipped CSV), pipes (Nsight Compute's per-pipe
+# counters of the streaming and tile kernels once per experiment variant,
+# benchmarks/experiments/pipe_metrics.sh: STREAM_CASES, TILE_CASES), ablation
 # (benchmarks/experiments/stream_ablation.py, ABLATION_ARGS); ab (right
 # after build: AB_TREE, a second source tree, built and benchmarked against
 # this one, `bench AB_ARGS` AB_ROUNDS times each, benchmarks/experiments/
@@ -185,6 +187,13 @@ if has source; then
       2>&1 | gzip >"$OUT/results/source/$name.sass.csv.gz" || status=1
   done
   ls -la "$OUT/results/source"
+fi
+
+if has pipes; then
+  step pipes
+  mkdir -p "$OUT/results"
+  OUT="$OUT/results" PYTHON=$PYTHON bash benchmarks/experiments/pipe_metrics.sh 2>&1 | tee "$OUT/pipes.log" | tail -20 \
+    || status=1
 fi
 
 if has ablation; then
