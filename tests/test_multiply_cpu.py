@@ -139,10 +139,29 @@ def test_fused_bias_without_columns():
 
 def test_batch_large_blocks(kernels, route, gen):
     """More stored entries than the batch kernel decodes at once (2**17),
-    rows longer than a column block, and a tile of 64 plus a remainder."""
+    rows longer than a column block, and a tile of 64 plus a remainder;
+    and a sparse matrix, whose column blocks are wider (256 KB: 1024
+    columns of a 64-wide tile, 4096 of a 16-wide one)."""
     M = random_pruned(300, 1031, 0.9, torch.float32, gen)
     X = random_x((70, 1031), torch.float32, gen, "cpu")
     assert_product_close(poisoned_multiply(macko_spmv.compress(M), X), M, X)
+    M = random_pruned(60, 9001, 0.04, torch.float16, gen)
+    for batch in (12, 70):
+        X = random_x((batch, 9001), torch.float16, gen, "cpu")
+        assert_product_close(poisoned_multiply(macko_spmv.compress(M), X), M, X)
+
+
+@pytest.mark.parametrize("block_bytes", ["1", "4096", "1048576"])
+def test_batch_column_block_sizes(kernels, block_bytes, gen, monkeypatch):
+    """The sparse route with column blocks set by MACKO_CPU_COLUMN_BLOCK_BYTES
+    (the narrowest takes 64 columns, the widest the whole matrix)."""
+    monkeypatch.setenv("MACKO_CPU_MULTIPLY_ROUTE", "sparse")
+    monkeypatch.setenv("MACKO_CPU_COLUMN_BLOCK_BYTES", block_bytes)
+    for density in (0.6, 0.1):
+        M = random_pruned(70, 2053, density, torch.bfloat16, gen)
+        for batch in (5, 40):
+            X = random_x((batch, 2053), torch.bfloat16, gen, "cpu")
+            assert_product_close(poisoned_multiply(macko_spmv.compress(M), X), M, X)
 
 
 def test_windows_that_do_not_hold_a_chunk(kernels, gen):
@@ -370,6 +389,12 @@ def test_bad_environment_values_are_errors(monkeypatch):
     monkeypatch.setenv("MACKO_CPU_SPARSE_LOOKUP", "permute")
     with pytest.raises(ValueError, match="MACKO_CPU_SPARSE_LOOKUP must be gather or window"):
         macko_spmv.multiply(A, torch.ones(3))
+    monkeypatch.delenv("MACKO_CPU_SPARSE_LOOKUP")
+    monkeypatch.setenv("MACKO_CPU_MULTIPLY_ROUTE", "sparse")
+    for setting in ("big", "0", "-4096", "4096x"):
+        monkeypatch.setenv("MACKO_CPU_COLUMN_BLOCK_BYTES", setting)
+        with pytest.raises(ValueError, match="MACKO_CPU_COLUMN_BLOCK_BYTES must be a number of bytes"):
+            macko_spmv.multiply(A, torch.ones(2, 3))
 
 
 @pytest.mark.parametrize("batch", [1, 5, 40])

@@ -328,9 +328,38 @@ void multiply_vector(const Stream<value_t, index_t>& s, const at::Tensor& x, int
   });
 }
 
+// Bytes of X^T's column block in the sparse route (Ops::batch_rows): 32 KB
+// where more than 30% of the matrix is stored (the L1 of the CPUs measured:
+// there smaller blocks were slower, and larger ones too), doubled as the
+// stored fraction halves, up to 256 KB: 32 KB times the largest power of
+// two k <= 8 with k * stored_fraction <= 0.6. At low density a row's part
+// of a 32 KB block holds few entries, and the cost of each (row, block)
+// pair (its loop exits, its sums' loads and stores; ~90 cycles) outweighs
+// the L2 hits of a larger block (benchmarks/NOTES.md, c13).
+inline int64_t default_column_block_bytes(double stored_fraction) {
+  int64_t k = 1;
+  while (k < 8 && 2 * k * stored_fraction <= 0.6) k *= 2;
+  return 32768 * k;
+}
+
+// The above, or MACKO_CPU_COLUMN_BLOCK_BYTES=<bytes> (read on every call,
+// for comparisons).
+inline int64_t column_block_bytes(double stored_fraction) {
+  const char* setting = std::getenv("MACKO_CPU_COLUMN_BLOCK_BYTES");
+  if (setting != nullptr && setting[0] != '\0') {
+    char* end = nullptr;
+    const long long bytes = std::strtoll(setting, &end, 10);
+    TORCH_CHECK_VALUE(*end == '\0' && bytes > 0 && bytes <= (int64_t{1} << 30),
+                      "MACKO_CPU_COLUMN_BLOCK_BYTES must be a number of bytes from 1 to 2^30 (or unset), got '",
+                      setting, "'");
+    return bytes;
+  }
+  return default_column_block_bytes(stored_fraction);
+}
+
 template <typename Ops, typename scalar_t, typename value_t, typename index_t>
 void multiply_sparse(const Stream<value_t, index_t>& s, const at::Tensor& x, int64_t batch, int64_t rows,
-                     const float* scales, const float* bias, scalar_t* y) {
+                     const float* scales, const float* bias, int64_t column_block_bytes, scalar_t* y) {
   at::Tensor xt = at::empty({Ops::round_up_lanes(batch) * s.cols}, x.options().dtype(at::kFloat));
   float* xtp = xt.mutable_data_ptr<float>();
   transpose_to_tiles<Ops>(x.const_data_ptr<scalar_t>(), batch, s.cols, xtp);
@@ -341,7 +370,7 @@ void multiply_sparse(const Stream<value_t, index_t>& s, const at::Tensor& x, int
   }
   at::parallel_for(0, rows, row_grain(s.cols),
                    [&](int64_t r0, int64_t r1) {
-                     Ops::batch_rows(s, xtp, batch, out_scale, scales, bias, r0, r1, y, rows);
+                     Ops::batch_rows(s, xtp, batch, out_scale, scales, bias, column_block_bytes, r0, r1, y, rows);
                    });
 }
 
@@ -513,7 +542,10 @@ RouteCosts measure_route_costs() {
   at::Tensor y_small = at::empty({small, kRows}, f32), y_large = at::empty({large, kRows}, f32);
   const auto [sparse, dense_small, dense_large] = fastest_in_turn(
       3,
-      [&] { multiply_sparse<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, y_small.mutable_data_ptr<float>()); },
+      [&] {
+        multiply_sparse<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, default_column_block_bytes(0.5),
+                                    y_small.mutable_data_ptr<float>());
+      },
       [&] { multiply_dense<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, y_small); },
       [&] { multiply_dense<Ops, float>(s, x_large, large, kRows, nullptr, nullptr, y_large); });
   const double elements = static_cast<double>(kRows) * kCols;
@@ -575,7 +607,8 @@ at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas, cons
         if (route == Route::kVector) {
           multiply_vector<Ops, scalar_t>(s, x2, batch, rows, scales, bias, yp, gather_sparse_rows<Ops>());
         } else if (route == Route::kSparse) {
-          multiply_sparse<Ops, scalar_t>(s, x2, batch, rows, scales, bias, yp);
+          const double stored_fraction = static_cast<double>(values.numel()) / (static_cast<double>(rows) * cols);
+          multiply_sparse<Ops, scalar_t>(s, x2, batch, rows, scales, bias, column_block_bytes(stored_fraction), yp);
         } else {
           multiply_dense<Ops, scalar_t>(s, x2, batch, rows, scales, bias, y2);
         }
