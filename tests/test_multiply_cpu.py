@@ -98,12 +98,13 @@ def test_batch(kernels, route, dtype, gen):
 def test_batch_chosen_route(kernels, dtype, gen, monkeypatch):
     """No route forced: the choice between the sparse and dense routes,
     from costs measured on this CPU at the first such call (choose_route),
-    gives the product at densities and batches on both sides of it."""
+    gives the product at densities and batches on both sides of it; and
+    5-6 right-hand sides, which take two vector passes at high density."""
     monkeypatch.delenv("MACKO_CPU_MULTIPLY_ROUTE", raising=False)
     for density in (1.0, 0.5, 0.1):
         M = random_pruned(67, 1031, density, dtype, gen)
         A = macko_spmv.compress(M)
-        for batch in (17, 130, 700):
+        for batch in (5, 6, 17, 130, 700):
             X = random_x((batch, 1031), dtype, gen, "cpu")
             assert_product_close(poisoned_multiply(A, X), M, X)
 

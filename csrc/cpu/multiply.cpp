@@ -14,8 +14,9 @@
 //
 // Three routes (multiply_kernels.inc has the kernels and how they decode
 // the stream):
-//   vector  up to Ops::kVectorBatch right-hand sides (4 with AVX-512, else
-//           1): x converted to fp32 once, each row's chunks of entries
+//   vector  Ops::kVectorBatch right-hand sides a pass (4 with AVX-512,
+//           else 1; a few passes for a small batch at high density): x
+//           converted to fp32 once, each row's chunks of entries
 //           multiplied by x's values at their columns, summed in vector
 //           lanes.
 //   sparse  a batch: X transposed to fp32 tiles of up to 64 right-hand
@@ -247,8 +248,8 @@ template <typename Ops>
 Route choose_route(int64_t batch, int64_t rows, int64_t cols, int64_t stored) {
   const char* forced = std::getenv("MACKO_CPU_MULTIPLY_ROUTE");
   if (forced != nullptr && forced[0] != '\0') {
-    if (std::strcmp(forced, "vector") == 0 && batch <= Ops::kVectorBatch) return Route::kVector;
-    if (std::strcmp(forced, "vector") == 0 || std::strcmp(forced, "sparse") == 0) return Route::kSparse;
+    if (std::strcmp(forced, "vector") == 0) return Route::kVector;
+    if (std::strcmp(forced, "sparse") == 0) return Route::kSparse;
     if (std::strcmp(forced, "dense") == 0) return Route::kDense;
     TORCH_CHECK_VALUE(false, "MACKO_CPU_MULTIPLY_ROUTE must be vector, sparse or dense (or unset), got '", forced,
                       "'");
@@ -258,6 +259,15 @@ Route choose_route(int64_t batch, int64_t rows, int64_t cols, int64_t stored) {
   // kernel's hardly up to 16; at low density (the vector kernel's widest
   // windows) two vectors already cost as much as the batch kernel.
   if (batch <= Ops::kVectorBatch && (batch <= 2 || stored_fraction >= 0.25)) return Route::kVector;
+  // With passes of 4 (AVX-512), 5 or 6 at 45% stored or more: two vector
+  // passes over each block of rows (the second reads its stream from L2)
+  // cost 16-26% less than the sparse kernel (an EPYC, 8192^2 fp16 at 50%,
+  // three runs: 13.0-16.7 ms at 5, 14.4-14.7 at 6, against 16.9-22.7 and
+  // 17.1-18.1); at 40% they are level, at 25% the sparse kernel wins, and
+  // at 7 right-hand sides the margin is 7-11% at 50% but the sparse
+  // kernel's at 40% (benchmarks/NOTES.md, c14). Measured where passes are
+  // of 4 only.
+  if (Ops::kVectorBatch == 4 && batch <= 6 && stored_fraction >= 0.45) return Route::kVector;
   // Per dense element, the sparse route costs stored_fraction * a per tile
   // of right-hand sides, the dense route g per right-hand side plus z. The
   // ratios differ between CPUs by more than the densities that matter: on
