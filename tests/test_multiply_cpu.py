@@ -141,8 +141,8 @@ def test_fused_bias_without_columns():
 def test_batch_large_blocks(kernels, route, gen):
     """More stored entries than the batch kernel decodes at once (2**17),
     rows longer than a column block, and a tile of 64 plus a remainder;
-    and a sparse matrix, whose column blocks are wider (256 KB: 1024
-    columns of a 64-wide tile, 4096 of a 16-wide one)."""
+    and a sparse matrix (8% stored), whose column blocks are wider for a
+    batch of one tile (128 KB: 2048 columns of a 16-wide tile)."""
     M = random_pruned(300, 1031, 0.9, torch.float32, gen)
     X = random_x((70, 1031), torch.float32, gen, "cpu")
     assert_product_close(poisoned_multiply(macko_spmv.compress(M), X), M, X)

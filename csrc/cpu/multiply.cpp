@@ -243,6 +243,12 @@ struct RouteCosts {
 template <typename Ops>
 const RouteCosts& route_costs();  // measured once per process, below the routes
 
+// The stored entries (padding included) per element of the matrix: what
+// the routes' choices and the sparse route's column blocks go by.
+inline double stored_fraction_of(int64_t stored, int64_t rows, int64_t cols) {
+  return static_cast<double>(stored) / (static_cast<double>(rows) * static_cast<double>(cols));
+}
+
 // The route for a batch of right-hand sides (see the top of the file).
 template <typename Ops>
 Route choose_route(int64_t batch, int64_t rows, int64_t cols, int64_t stored) {
@@ -254,7 +260,7 @@ Route choose_route(int64_t batch, int64_t rows, int64_t cols, int64_t stored) {
     TORCH_CHECK_VALUE(false, "MACKO_CPU_MULTIPLY_ROUTE must be vector, sparse or dense (or unset), got '", forced,
                       "'");
   }
-  const double stored_fraction = static_cast<double>(stored) / (static_cast<double>(rows) * cols);
+  const double stored_fraction = stored_fraction_of(stored, rows, cols);
   // The vector kernel's cost grows with each right-hand side, the sparse
   // kernel's hardly up to 16; at low density (the vector kernel's widest
   // windows) two vectors already cost as much as the batch kernel.
@@ -338,23 +344,26 @@ void multiply_vector(const Stream<value_t, index_t>& s, const at::Tensor& x, int
   });
 }
 
-// Bytes of X^T's column block in the sparse route (Ops::batch_rows): 32 KB
-// where more than 30% of the matrix is stored (the L1 of the CPUs measured:
-// there smaller blocks were slower, and larger ones too), doubled as the
-// stored fraction halves, up to 256 KB: 32 KB times the largest power of
-// two k <= 8 with k * stored_fraction <= 0.6. At low density a row's part
-// of a 32 KB block holds few entries, and the cost of each (row, block)
-// pair (its loop exits, its sums' loads and stores; ~90 cycles) outweighs
-// the L2 hits of a larger block (benchmarks/NOTES.md, c13).
-inline int64_t default_column_block_bytes(double stored_fraction) {
+// Bytes of X^T's column block in the sparse route (Ops::batch_rows), for a
+// batch of `tiles` tiles of right-hand sides: 32 KB (the L1 of the CPUs
+// measured: there smaller blocks were slower, and larger ones too), but
+// for a batch of one tile, where more than 30% of the matrix is stored,
+// doubled as the stored fraction halves, up to 256 KB: 32 KB times the
+// largest power of two k <= 8 with k * stored_fraction <= 0.6. At low
+// density a row's part of a 32 KB block holds few entries, and the cost
+// of each (row, block) pair (its loop exits, its sums' loads and stores;
+// ~90 cycles) outweighs the L2 hits of a larger block; with several tiles
+// the larger blocks lost instead (an EPYC at 10% stored: +5% at 256
+// right-hand sides, +24-50% at 512-1024; benchmarks/NOTES.md, c13).
+inline int64_t default_column_block_bytes(double stored_fraction, int64_t tiles) {
   int64_t k = 1;
-  while (k < 8 && 2 * k * stored_fraction <= 0.6) k *= 2;
+  while (tiles == 1 && k < 8 && 2 * k * stored_fraction <= 0.6) k *= 2;
   return 32768 * k;
 }
 
 // The above, or MACKO_CPU_COLUMN_BLOCK_BYTES=<bytes> (read on every call,
 // for comparisons).
-inline int64_t column_block_bytes(double stored_fraction) {
+inline int64_t column_block_bytes(double stored_fraction, int64_t tiles) {
   const char* setting = std::getenv("MACKO_CPU_COLUMN_BLOCK_BYTES");
   if (setting != nullptr && setting[0] != '\0') {
     char* end = nullptr;
@@ -364,7 +373,7 @@ inline int64_t column_block_bytes(double stored_fraction) {
                       setting, "'");
     return bytes;
   }
-  return default_column_block_bytes(stored_fraction);
+  return default_column_block_bytes(stored_fraction, tiles);
 }
 
 template <typename Ops, typename scalar_t, typename value_t, typename index_t>
@@ -553,7 +562,7 @@ RouteCosts measure_route_costs() {
   const auto [sparse, dense_small, dense_large] = fastest_in_turn(
       3,
       [&] {
-        multiply_sparse<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, default_column_block_bytes(0.5),
+        multiply_sparse<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, default_column_block_bytes(0.5, 1),
                                     y_small.mutable_data_ptr<float>());
       },
       [&] { multiply_dense<Ops, float>(s, x_small, small, kRows, nullptr, nullptr, y_small); },
@@ -617,8 +626,9 @@ at::Tensor multiply_cpu(const at::Tensor& values, const at::Tensor& deltas, cons
         if (route == Route::kVector) {
           multiply_vector<Ops, scalar_t>(s, x2, batch, rows, scales, bias, yp, gather_sparse_rows<Ops>());
         } else if (route == Route::kSparse) {
-          const double stored_fraction = static_cast<double>(values.numel()) / (static_cast<double>(rows) * cols);
-          multiply_sparse<Ops, scalar_t>(s, x2, batch, rows, scales, bias, column_block_bytes(stored_fraction), yp);
+          const int64_t tiles = (batch + Ops::kTileWidth - 1) / Ops::kTileWidth;
+          const int64_t block_bytes = column_block_bytes(stored_fraction_of(values.numel(), rows, cols), tiles);
+          multiply_sparse<Ops, scalar_t>(s, x2, batch, rows, scales, bias, block_bytes, yp);
         } else {
           multiply_dense<Ops, scalar_t>(s, x2, batch, rows, scales, bias, y2);
         }
